@@ -1,0 +1,206 @@
+"""Tokenizers with one interface: encode, decode, vocab_size, save, load. Never pickled.
+
+- `char`: the vocabulary is the sorted set of characters of the training text, saved as JSON.
+- `bpe` / `unigram`: sentencepiece trained on the training text, saved as its .model file.
+
+This module imports no torch: the runtime uses it too.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from collections.abc import Iterable
+from typing import Protocol
+
+from rnnlm.errors import RnnlmError
+
+UNKNOWN_POLICIES = ("error", "drop", "replace")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes to path through a temporary file and a rename, so no half-written file is left."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class Tokenizer(Protocol):
+    kind: str  # "char", "bpe" or "unigram"
+    filename: str  # the file `save` writes inside a folder
+
+    @property
+    def vocab_size(self) -> int: ...
+    def encode(self, text: str, unknown: str = "error") -> list[int]: ...
+    def decode(self, ids: list[int]) -> str: ...
+    def to_bytes(self) -> bytes: ...
+    def save(self, directory: str | Path) -> Path: ...
+
+
+class CharTokenizer:
+    """One token per character; the vocabulary is the sorted characters seen in training."""
+
+    kind = "char"
+    filename = "tokenizer.json"
+
+    def __init__(self, chars: str) -> None:
+        if not chars:
+            raise RnnlmError("a char vocabulary needs at least one character: the training text is empty")
+        self.chars = chars
+        self.stoi = {ch: i for i, ch in enumerate(chars)}
+        self.replacement = " " if " " in self.stoi else chars[0]
+
+    @classmethod
+    def train(cls, text: str) -> "CharTokenizer":
+        return cls("".join(sorted(set(text))))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str, unknown: str = "error") -> list[int]:
+        """Token ids of text. Characters outside the vocabulary raise (unknown="error"),
+        are dropped ("drop") or become a space, or the first character when there is none ("replace")."""
+        stoi = self.stoi
+        try:
+            return [stoi[ch] for ch in text]
+        except KeyError:
+            pass
+        missing = sorted({ch for ch in text if ch not in stoi})
+        if unknown == "drop":
+            return [stoi[ch] for ch in text if ch in stoi]
+        if unknown == "replace":
+            r = stoi[self.replacement]
+            return [stoi.get(ch, r) for ch in text]
+        if unknown != "error":
+            raise RnnlmError(f"unknown must be one of {UNKNOWN_POLICIES}, got {unknown!r}")
+        raise RnnlmError(
+            f"the text has {len(missing)} character(s) absent from the vocabulary: "
+            f"{''.join(missing)!r} ({', '.join(f'U+{ord(c):04X}' for c in missing[:10])}); "
+            "remove them, or pass unknown='drop' or 'replace' (--unknown on the command line)"
+        )
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"type": "char", "chars": self.chars}, ensure_ascii=False).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "CharTokenizer":
+        spec = json.loads(data)
+        if spec.get("type") != "char" or not isinstance(spec.get("chars"), str):
+            raise RnnlmError("not a char tokenizer file: expected JSON with type 'char' and a 'chars' string")
+        return cls(spec["chars"])
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / self.filename
+        write_atomic(path, self.to_bytes())
+        return path
+
+
+class SentencePieceTokenizer:
+    """Subword tokens from a sentencepiece model (bpe or unigram) that round-trips text exactly:
+    no normalisation, no dummy prefix, newline a piece of its own, unseen characters as bytes."""
+
+    filename = "tokenizer.model"
+
+    def __init__(self, model_proto: bytes) -> None:
+        import sentencepiece as spm
+
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.model_proto = model_proto
+        self.kind = _model_type(model_proto)
+
+    @classmethod
+    def train(cls, lines: Iterable[str], vocab_size: int, model_type: str = "bpe") -> "SentencePieceTokenizer":
+        """Train on lines of text (newlines stripped; the newline is a reserved piece)."""
+        import io
+
+        import sentencepiece as spm
+
+        if model_type not in ("bpe", "unigram"):
+            raise RnnlmError(f"sentencepiece model_type must be 'bpe' or 'unigram', got {model_type!r}")
+        model = io.BytesIO()
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(lines),
+                input_sentence_size=2_000_000,
+                shuffle_input_sentence=True,
+                model_writer=model,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                character_coverage=1.0,
+                byte_fallback=True,
+                normalization_rule_name="identity",
+                remove_extra_whitespaces=False,
+                add_dummy_prefix=False,
+                split_digits=True,
+                user_defined_symbols=["\n"],
+                max_sentence_length=1 << 16,
+                num_threads=os.cpu_count() or 1,
+                minloglevel=2,
+            )
+        except RuntimeError as e:
+            raise RnnlmError(
+                f"sentencepiece cannot build a {model_type} vocabulary of {vocab_size} from this corpus "
+                f"({str(e).strip().splitlines()[-1]}); lower --data.vocab_size or use a larger corpus"
+            ) from None
+        return cls(model.getvalue())
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.GetPieceSize()
+
+    def encode(self, text: str, unknown: str = "error") -> list[int]:
+        """Token ids of text; unseen characters become byte tokens, so `unknown` never applies."""
+        return self.sp.EncodeAsIds(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.sp.DecodeIds(list(ids))
+
+    def to_bytes(self) -> bytes:
+        return self.model_proto
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / self.filename
+        write_atomic(path, self.model_proto)
+        return path
+
+
+def _model_type(model_proto: bytes) -> str:
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    m = pb.ModelProto()
+    m.ParseFromString(model_proto)
+    return pb.TrainerSpec.ModelType.Name(m.trainer_spec.model_type).lower()
+
+
+def start_token(tokenizer: Tokenizer) -> int:
+    """The token that starts an empty prompt: the newline where the vocabulary has one, else id 0."""
+    ids = tokenizer.encode("\n", unknown="drop")
+    return ids[-1] if ids else 0
+
+
+def tokenizer_from_bytes(kind: str, data: bytes) -> Tokenizer:
+    if kind == "char":
+        return CharTokenizer.from_bytes(data)
+    if kind in ("bpe", "unigram"):
+        return SentencePieceTokenizer(data)
+    raise RnnlmError(f"unknown tokenizer type {kind!r}: expected 'char', 'bpe' or 'unigram'")
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """The tokenizer saved in a folder: tokenizer.json (char) or tokenizer.model (sentencepiece)."""
+    directory = Path(directory)
+    if (directory / CharTokenizer.filename).exists():
+        return CharTokenizer.from_bytes((directory / CharTokenizer.filename).read_bytes())
+    if (directory / SentencePieceTokenizer.filename).exists():
+        return SentencePieceTokenizer((directory / SentencePieceTokenizer.filename).read_bytes())
+    raise RnnlmError(f"no tokenizer in {directory}: expected {CharTokenizer.filename} or {SentencePieceTokenizer.filename}")
