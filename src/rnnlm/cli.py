@@ -1,10 +1,12 @@
 """The `rnnlm` command.
 
     rnnlm fit | validate --config configs/char.yaml [--model.* --data.* --trainer.*]   (LightningCLI)
+    rnnlm prepare --config configs/char.yaml [--corpus PATH]                          tokenize once
 
 Bad input raises RnnlmError, printed here as one line (exit status 2).
 """
 
+import argparse
 import os
 import sys
 import warnings
@@ -55,6 +57,32 @@ def lightning_main(argv: list[str] | None) -> None:
     )
 
 
+def prepare_command(args: argparse.Namespace) -> None:
+    import yaml
+
+    from rnnlm.data import prepare
+
+    data = (yaml.safe_load(open(args.config)) or {}).get("data", {}) if args.config else {}
+    folder = prepare(
+        args.corpus or data.get("corpus", "shakespeare"), data.get("tokenizer", "char"),
+        data.get("vocab_size", 2000), data.get("data_dir", "data"),
+    )
+    print((folder / "meta.json").read_text())
+
+
+def command_parser() -> argparse.ArgumentParser:
+    """The commands outside LightningCLI, each a subparser whose `run` takes the parsed args."""
+    parser = argparse.ArgumentParser(prog="rnnlm", description="A recurrent language model from its equations.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("fit", help="train (LightningCLI: rnnlm fit --help)")
+    commands.add_parser("validate", help="score a checkpoint on the validation split (LightningCLI)")
+    p = commands.add_parser("prepare", help="tokenize a corpus once and print its meta.json")
+    p.add_argument("--config", help="a training YAML whose data: section to use")
+    p.add_argument("--corpus", help="a text file or a corpus name (overrides the config)")
+    p.set_defaults(run=prepare_command)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
@@ -63,10 +91,11 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
     try:
-        if not args or args[0] in ("-h", "--help") or args[0] in LIGHTNING_COMMANDS:
+        if args and args[0] in LIGHTNING_COMMANDS:
             lightning_main(argv)
         else:
-            raise RnnlmError(f"unknown command {args[0]!r}: use one of {', '.join(LIGHTNING_COMMANDS)}")
+            parsed = command_parser().parse_args(args)
+            parsed.run(parsed)
     except RnnlmError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
