@@ -34,16 +34,19 @@ def lightning_main(argv: list[str] | None) -> None:
             )
 
         def instantiate_trainer(self, **kwargs):
-            """The CSV logger always (and TensorBoard when installed), writing straight into
-            default_root_dir, so metrics.csv and checkpoints/ lie there and a resume appends."""
+            """Everything of a run under default_root_dir: checkpoints/ (best.ckpt, last.ckpt, which
+            `--ckpt_path last` resumes), and per run logs/version_N/metrics.csv (and tensorboard/ when installed)."""
             config = self.config_init[self.subcommand]["trainer"]
+            root = config.get("default_root_dir") or os.getcwd()
             if config.get("logger") in (None, True):
-                root = config.get("default_root_dir") or os.getcwd()
-                loggers = [CSVLogger(root, name="", version="")]
+                loggers = [CSVLogger(root, name="logs")]
                 if _TENSORBOARD_AVAILABLE:
-                    loggers.append(TensorBoardLogger(root, name="", version="tensorboard"))
+                    loggers.append(TensorBoardLogger(root, name="tensorboard"))
                 kwargs.setdefault("logger", loggers)
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
+            if trainer.checkpoint_callback is checkpoints:
+                checkpoints.dirpath = os.path.realpath(os.path.join(root, "checkpoints"))
+            return trainer
 
     checkpoints = ModelCheckpoint(
         filename="best", monitor="val/loss", mode="min", save_last=True, enable_version_counter=False

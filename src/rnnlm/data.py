@@ -95,12 +95,13 @@ def iter_text(path: Path, chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
     decoder, offset, carry = codecs.getincrementaldecoder("utf-8")(), 0, ""
     with open(path, "rb") as f:
         while True:
-            raw = f.read(chunk_chars)
+            raw, pending = f.read(chunk_chars), decoder.getstate()[0]  # pending: bytes of a split character
             try:
                 text = carry + decoder.decode(raw, final=not raw)
-            except UnicodeDecodeError as e:
+            except UnicodeDecodeError as e:  # e.object is pending + raw
                 raise RnnlmError(
-                    f"{path} is not UTF-8: byte 0x{raw[e.start]:02x} at offset {offset + e.start} cannot be decoded; "
+                    f"{path} is not UTF-8: byte 0x{e.object[e.start]:02x} at offset {offset - len(pending) + e.start} "
+                    "cannot be decoded; "
                     "convert the file to UTF-8 (e.g. iconv -t UTF-8)"
                 ) from None
             offset += len(raw)

@@ -15,7 +15,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from rnnlm.errors import RnnlmError
 from rnnlm.model import RNNLM
-from rnnlm.tokenizers import start_token, tokenizer_from_bytes
+from rnnlm.tokenizers import start_token
 
 OPTIMIZERS = ("adamw", "adagrad")
 ARCHITECTURE = ("vocab_size", "hidden_size", "num_layers", "nonlinearity")
@@ -142,7 +142,8 @@ class RNNLMModule(L.LightningModule):
             progress = min((step - h.warmup_steps) / max(total - h.warmup_steps, 1), 1.0)
             return h.min_lr_ratio + (1 - h.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, warmup_cosine), "interval": "step"}}
+        scheduler = {"scheduler": LambdaLR(optimizer, warmup_cosine), "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # ------------------------------------------------------------------------- checkpoints
 
@@ -159,7 +160,8 @@ class RNNLMModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("hyper_parameters", {})
-        changed = [f"{k} {saved.get(k)!r} -> {self.hparams[k]!r}" for k in ARCHITECTURE if saved.get(k) != self.hparams[k]]
+        changed = [f"{k} {saved.get(k)!r} -> {self.hparams[k]!r}" for k in ARCHITECTURE
+                   if saved.get(k) != self.hparams[k]]
         if changed:
             raise RnnlmError(
                 f"the checkpoint was trained with another model ({'; '.join(changed)}); resume with the options it "
@@ -167,12 +169,12 @@ class RNNLMModule(L.LightningModule):
             )
         state = checkpoint.get("rnnlm", {})
         datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if datamodule is not None and "tokenizer" in state:
-            if tokenizer_from_bytes(state["tokenizer"]["type"], state["tokenizer"]["data"]).to_bytes() != datamodule.tokenizer.to_bytes():
-                raise RnnlmError(
-                    "the checkpoint was trained with another tokenizer or corpus than --data gives now; resume with the "
-                    "same --data.corpus and --data.tokenizer, or start a new run in another --trainer.default_root_dir"
-                )
+        tokenizer = state.get("tokenizer", {}).get("data")
+        if datamodule is not None and tokenizer is not None and tokenizer != datamodule.tokenizer.to_bytes():
+            raise RnnlmError(
+                "the checkpoint was trained with another tokenizer or corpus than --data gives now; resume with the "
+                "same --data.corpus and --data.tokenizer, or start a new run in another --trainer.default_root_dir"
+            )
         hidden, world = state.get("hidden"), self.trainer.world_size if self._trainer is not None else 1
         if hidden is not None and hidden.dim() == 3:  # all_gather adds no dim in a single process
             hidden = hidden[None]

@@ -8,9 +8,10 @@ This module imports no torch: the runtime uses it too.
 
 import json
 import os
+import re
 import tempfile
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Protocol
 
 from rnnlm.errors import RnnlmError
@@ -148,10 +149,8 @@ class SentencePieceTokenizer:
                 minloglevel=2,
             )
         except RuntimeError as e:
-            raise RnnlmError(
-                f"sentencepiece cannot build a {model_type} vocabulary of {vocab_size} from this corpus "
-                f"({str(e).strip().splitlines()[-1]}); lower --data.vocab_size or use a larger corpus"
-            ) from None
+            raise RnnlmError(f"sentencepiece cannot build a {model_type} vocabulary of {vocab_size} from this corpus: "
+                             f"{_vocab_size_advice(str(e))}") from None
         return cls(model.getvalue())
 
     @property
@@ -172,6 +171,15 @@ class SentencePieceTokenizer:
         path = Path(directory) / self.filename
         write_atomic(path, self.model_proto)
         return path
+
+
+def _vocab_size_advice(message: str) -> str:
+    """What to do about sentencepiece's complaint, which names the bound it needs."""
+    if m := re.search(r"value <= (\d+)", message):
+        return f"the corpus supports at most {m[1]} pieces; lower --data.vocab_size or use a larger corpus"
+    if m := re.search(r"required_chars\. \d+ vs (\d+)", message):
+        return f"its characters and the 256 byte pieces need at least {m[1]}; raise --data.vocab_size"
+    return f"{message.strip().splitlines()[-1]}; change --data.vocab_size"
 
 
 def _model_type(model_proto: bytes) -> str:
@@ -203,4 +211,6 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         return CharTokenizer.from_bytes((directory / CharTokenizer.filename).read_bytes())
     if (directory / SentencePieceTokenizer.filename).exists():
         return SentencePieceTokenizer((directory / SentencePieceTokenizer.filename).read_bytes())
-    raise RnnlmError(f"no tokenizer in {directory}: expected {CharTokenizer.filename} or {SentencePieceTokenizer.filename}")
+    raise RnnlmError(
+        f"no tokenizer in {directory}: expected {CharTokenizer.filename} or {SentencePieceTokenizer.filename}"
+    )

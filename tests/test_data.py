@@ -1,0 +1,120 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rnnlm import data
+from rnnlm.data import RNNLMDataModule, StreamDataset, prepare, resolve_corpus
+from rnnlm.errors import RnnlmError
+from rnnlm.tokenizers import load_tokenizer
+
+
+def test_prepare_splits_90_10_and_reuses_its_files(small_corpus, tmp_path):
+    folder = prepare(str(small_corpus), "char", 0, tmp_path)
+    meta = json.loads((folder / "meta.json").read_text())
+    text = small_corpus.read_text()
+    assert meta["train_chars"] == int(0.9 * len(text)) and meta["val_chars"] == len(text) - meta["train_chars"]
+    tok = load_tokenizer(folder)
+    train = np.fromfile(folder / "train.bin", dtype=np.uint16)
+    val = np.fromfile(folder / "val.bin", dtype=np.uint16)
+    assert tok.decode(train.tolist()) == text[: meta["train_chars"]]
+    assert tok.decode(val.tolist()) == text[meta["train_chars"] :]
+    mtime = (folder / "train.bin").stat().st_mtime_ns
+    assert prepare(str(small_corpus), "char", 0, tmp_path) == folder
+    assert (folder / "train.bin").stat().st_mtime_ns == mtime  # written once, reused
+
+
+def test_prepare_encodes_in_chunks_like_the_whole(small_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "CHUNK_CHARS", 777)  # many chunks, cut at newlines
+    whole = prepare(str(small_corpus), "bpe", 400, tmp_path / "a")
+    chunked = prepare(str(small_corpus), "bpe", 400, tmp_path / "b")
+    tok = load_tokenizer(whole)
+    text = small_corpus.read_text()
+    n_train = json.loads((whole / "meta.json").read_text())["train_chars"]
+    assert np.fromfile(chunked / "train.bin", np.uint16).tolist() == tok.encode(text[:n_train])
+
+
+def test_named_corpus_from_cache_and_offline_fallback(tmp_path, monkeypatch, capsys, shakespeare):
+    cached = tmp_path / "corpora" / "shakespeare.txt"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(shakespeare.read_bytes())
+    assert resolve_corpus("shakespeare", tmp_path) == cached
+    cached.write_text("tampered")  # a bad cached copy is fetched again; offline, the fallback is loud
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    path = resolve_corpus("shakespeare", tmp_path)
+    assert path.name == "pydoc-topics.txt" and path.stat().st_size > 100_000
+    assert "TRAINING ON THE OFFLINE FALLBACK" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "corpus, message",
+    [
+        ("no-such-corpus", r"unknown corpus 'no-such-corpus': give a text file's path or one of \['shakespeare'\]"),
+        ("missing/file.txt", r"corpus file missing/file.txt does not exist"),
+    ],
+)
+def test_unknown_or_missing_corpus(corpus, message, tmp_path):
+    with pytest.raises(RnnlmError, match=message):
+        resolve_corpus(corpus, tmp_path)
+
+
+def test_empty_and_non_utf8_corpus_leave_nothing_behind(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(RnnlmError, match=r"corpus .*empty.txt is empty"):
+        prepare(str(empty), "char", 0, tmp_path / "data")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(b"hello\n" * 1000 + "café".encode("latin-1"))
+    with pytest.raises(RnnlmError, match=r"not UTF-8: byte 0xe9 at offset 6003 .*convert the file to UTF-8"):
+        prepare(str(latin1), "char", 0, tmp_path / "data")
+    assert not any(p.is_file() for p in (tmp_path / "data").rglob("*"))
+
+
+def test_unsupported_vocab_leaves_no_folder(small_corpus, tmp_path):
+    with pytest.raises(RnnlmError, match="lower --data.vocab_size"):
+        prepare(str(small_corpus), "bpe", 60000, tmp_path)
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def test_streams_are_contiguous_windows():
+    ids = np.arange(1000, dtype=np.uint16)  # token i at position i
+    ds = StreamDataset(ids, batch_size=4, seq_len=10)
+    assert ds.stream_len == 999 // 4 == 249 and len(ds) == 24
+    batches = list(ds)
+    x0, y0 = batches[0]
+    assert x0.shape == (4, 10) and x0.dtype == torch.int64
+    assert x0[:, 0].tolist() == [0, 249, 498, 747]  # B streams start a stream length apart
+    assert torch.equal(y0, x0 + 1)
+    for k in range(1, len(batches)):  # batch k continues each stream where batch k-1 stopped
+        assert torch.equal(batches[k][0][:, 0], batches[k - 1][0][:, -1] + 1)
+
+
+def test_ranks_own_disjoint_streams_and_validation_covers_every_pair_once():
+    ids = np.arange(1003, dtype=np.uint16)
+    seen = []
+    for rank in range(2):
+        val = StreamDataset(ids, batch_size=3, seq_len=16, rank=rank, world_size=2, drop_last=False)
+        for x, y in val:
+            keep = y != -100
+            assert torch.equal(y[keep], x[keep] + 1)
+            seen += x[keep].tolist()
+        train = StreamDataset(ids, batch_size=3, seq_len=16, rank=rank, world_size=2)
+        first = next(iter(train))[0][:, 0].tolist()
+        assert first == [(rank * 3 + b) * (1002 // 6) for b in range(3)]
+    assert sorted(seen) == list(range(1002))
+
+
+def test_a_corpus_too_short_for_one_batch(small_corpus, tmp_path):
+    dm = RNNLMDataModule(corpus=str(small_corpus), batch_size=64, seq_len=512, data_dir=str(tmp_path))
+    with pytest.raises(RnnlmError, match=r"too short: its 18000 training tokens fill no batch of 1 x batch_size 64"):
+        dm.setup("fit")
+
+
+def test_unknown_tokenizer(tmp_path):
+    with pytest.raises(RnnlmError, match=r"unknown tokenizer 'word': use one of char, bpe, unigram"):
+        RNNLMDataModule(tokenizer="word")
