@@ -7,6 +7,7 @@ Bad input raises RnnlmError, printed here as one line (exit status 2).
 """
 
 import argparse
+import logging
 import os
 import sys
 import warnings
@@ -88,6 +89,7 @@ def command_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
