@@ -94,8 +94,9 @@ def test_streams_are_contiguous_windows():
         assert torch.equal(batches[k][0][:, 0], batches[k - 1][0][:, -1] + 1)
 
 
-def test_ranks_own_disjoint_streams_and_validation_covers_every_pair_once():
-    ids = np.arange(1003, dtype=np.uint16)
+@pytest.mark.parametrize("n_ids", [1003, 1000])  # 1002 pairs fill 6 streams exactly; 999 need padding
+def test_ranks_own_disjoint_streams_and_validation_covers_every_pair_once(n_ids):
+    ids = np.arange(n_ids, dtype=np.uint16)
     seen = []
     for rank in range(2):
         val = StreamDataset(ids, batch_size=3, seq_len=16, rank=rank, world_size=2, drop_last=False)
@@ -105,8 +106,8 @@ def test_ranks_own_disjoint_streams_and_validation_covers_every_pair_once():
             seen += x[keep].tolist()
         train = StreamDataset(ids, batch_size=3, seq_len=16, rank=rank, world_size=2)
         first = next(iter(train))[0][:, 0].tolist()
-        assert first == [(rank * 3 + b) * (1002 // 6) for b in range(3)]
-    assert sorted(seen) == list(range(1002))
+        assert first == [(rank * 3 + b) * ((n_ids - 1) // 6) for b in range(3)]
+    assert sorted(seen) == list(range(n_ids - 1))
 
 
 def test_a_corpus_too_short_for_one_batch(small_corpus, tmp_path):

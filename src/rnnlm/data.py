@@ -229,7 +229,7 @@ class StreamDataset(IterableDataset):
         valid = idx < self.n
         idx = np.where(valid, idx, 0)
         x = torch.from_numpy(self.ids[idx].astype(np.int64))
-        y = torch.from_numpy(np.where(valid, self.ids[idx + 1], -100).astype(np.int64))
+        y = torch.from_numpy(np.where(valid, self.ids[idx + 1].astype(np.int64), -100))  # -100: no target
         return x, y
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
