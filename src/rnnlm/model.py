@@ -8,6 +8,8 @@ For layer l at time t, with x(t) a token id (one-hot in the math):
 
 `step` is one time step and the single source of truth; `forward` runs the same
 recurrence over T steps, with the input projection U x + b done for all t at once.
+Its gradients come from the hand-written BPTT of rnnlm.bptt (bptt="manual", the default)
+or from autograd through `recurrence_autograd` (bptt="autograd", the reference).
 """
 
 import math
@@ -15,6 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rnnlm.bptt import recurrence_manual
 
 NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
 
@@ -32,6 +36,9 @@ def recurrence_autograd(a_x: torch.Tensor, h0: torch.Tensor, W: torch.Tensor, no
     return torch.stack(hs)
 
 
+RECURRENCES = {"manual": recurrence_manual, "autograd": recurrence_autograd}  # how BPTT is done; same numbers
+
+
 class RNNLM(nn.Module):
     """A stack of vanilla RNN layers with a softmax output over the vocabulary."""
 
@@ -42,16 +49,21 @@ class RNNLM(nn.Module):
         num_layers: int = 1,
         nonlinearity: str = "tanh",
         dropout: float = 0.0,
+        bptt: str = "manual",
     ) -> None:
         super().__init__()
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity must be one of {sorted(NONLINEARITIES)}, got {nonlinearity!r}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        if bptt not in RECURRENCES:
+            raise ValueError(f"bptt must be one of {sorted(RECURRENCES)} (how gradients are computed), got {bptt!r}")
         self.vocab_size, self.hidden_size, self.num_layers = vocab_size, hidden_size, num_layers
-        self.nonlinearity = nonlinearity
+        self.nonlinearity, self.bptt = nonlinearity, bptt
         H = hidden_size
-        self.U = nn.ParameterList([nn.Parameter(torch.empty(H, vocab_size if l == 0 else H)) for l in range(num_layers)])
+        self.U = nn.ParameterList(
+            [nn.Parameter(torch.empty(H, vocab_size if l == 0 else H)) for l in range(num_layers)]
+        )
         self.W = nn.ParameterList([nn.Parameter(torch.empty(H, H)) for _ in range(num_layers)])
         self.b = nn.ParameterList([nn.Parameter(torch.zeros(H)) for _ in range(num_layers)])
         self.V = nn.Parameter(torch.empty(vocab_size, H))
@@ -101,11 +113,11 @@ class RNNLM(nn.Module):
         x, last_hidden = input_ids.t(), []  # (T, B): time-major, so each step reads a contiguous (B, H) slice
         for l in range(self.num_layers):
             a_x = self.input_projection(l, x)  # (T, B, H), one batched op for all t
-            hs = recurrence_autograd(a_x, hidden[l], self.W[l], self.nonlinearity)  # (T, B, H)
+            hs = RECURRENCES[self.bptt](a_x, hidden[l], self.W[l], self.nonlinearity)  # (T, B, H)
             last_hidden.append(hs[-1])
             x = self.drop(hs)
-        logits = F.linear(x.transpose(0, 1), self.V, self.c)  # (B, T, V)
+        logits = F.linear(x, self.V, self.c)  # (T, B, V): still time-major, so no (T, B, H) copy either way
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1), ignore_index=-100)
-        return logits, torch.stack(last_hidden), loss
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.t().flatten(), ignore_index=-100)
+        return logits.transpose(0, 1), torch.stack(last_hidden), loss  # logits as a (B, T, V) view

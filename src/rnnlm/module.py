@@ -29,6 +29,7 @@ class RNNLMModule(L.LightningModule):
         num_layers: int = 1,
         nonlinearity: str = "tanh",
         dropout: float = 0.0,
+        bptt: str = "manual",
         optimizer: str = "adamw",
         lr: float = 2e-3,
         weight_decay: float = 0.01,
@@ -40,7 +41,7 @@ class RNNLMModule(L.LightningModule):
         if optimizer not in OPTIMIZERS:
             raise RnnlmError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)} (--model.optimizer)")
         self.save_hyperparameters()
-        self.model = RNNLM(vocab_size, hidden_size, num_layers, nonlinearity, dropout)
+        self.model = RNNLM(vocab_size, hidden_size, num_layers, nonlinearity, dropout, bptt)
         self.hidden: torch.Tensor | None = None  # (L, B, H), carried (detached) from batch to batch
         self.val_hidden: torch.Tensor | None = None
         self.val_nats = self.val_tokens = 0.0

@@ -1,0 +1,81 @@
+"""RNNLM against torch's own nn.RNN (weights copied across), and forward against step."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnlm.model import RNNLM
+
+V, H, B, T = 11, 8, 3, 7
+SETTINGS = [(L, f, bptt) for L in (1, 2) for f in ("tanh", "relu") for bptt in ("manual", "autograd")]
+
+
+def torch_twin(model: RNNLM) -> tuple[nn.RNN, nn.Linear]:
+    """nn.RNN + Linear holding the model's weights: weight_ih = U, weight_hh = W, bias_ih = b, bias_hh = 0."""
+    rnn = nn.RNN(V, H, model.num_layers, nonlinearity=model.nonlinearity).double()
+    head = nn.Linear(H, V).double()
+    with torch.no_grad():
+        for l in range(model.num_layers):
+            getattr(rnn, f"weight_ih_l{l}").copy_(model.U[l])
+            getattr(rnn, f"weight_hh_l{l}").copy_(model.W[l])
+            getattr(rnn, f"bias_ih_l{l}").copy_(model.b[l])
+            getattr(rnn, f"bias_hh_l{l}").zero_()
+        head.weight.copy_(model.V)
+        head.bias.copy_(model.c)
+    return rnn, head
+
+
+@pytest.mark.parametrize("num_layers,nonlinearity,bptt", SETTINGS)
+def test_outputs_and_gradients_equal_nn_rnn(num_layers, nonlinearity, bptt):
+    torch.manual_seed(0)
+    model = RNNLM(V, H, num_layers, nonlinearity, bptt=bptt).double()
+    rnn, head = torch_twin(model)
+    input_ids, targets = torch.randint(V, (B, T)), torch.randint(V, (B, T))
+    hidden = torch.randn(num_layers, B, H, dtype=torch.float64)
+
+    logits, last_hidden, loss = model(input_ids, hidden, targets)
+    x = F.one_hot(input_ids.t(), V).double()  # (T, B, V): the one-hot x(t) of the math
+    hs, twin_hidden = rnn(x, hidden)  # (T, B, H), (L, B, H)
+    twin_logits = head(hs).transpose(0, 1)  # (B, T, V)
+    twin_loss = F.cross_entropy(twin_logits.flatten(0, 1), targets.flatten())
+    torch.testing.assert_close(logits, twin_logits, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(last_hidden, twin_hidden, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(loss, twin_loss, rtol=1e-10, atol=1e-12)
+
+    loss.backward()
+    twin_loss.backward()
+    pairs = [(model.V, head.weight), (model.c, head.bias)]
+    for l in range(num_layers):
+        pairs += [(model.U[l], getattr(rnn, f"weight_ih_l{l}")), (model.W[l], getattr(rnn, f"weight_hh_l{l}"))]
+        pairs += [(model.b[l], getattr(rnn, f"bias_ih_l{l}")), (model.b[l], getattr(rnn, f"bias_hh_l{l}"))]
+    for ours, theirs in pairs:
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("bptt", ["manual", "autograd"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_forward_equals_t_steps(nonlinearity, bptt):
+    torch.manual_seed(0)
+    model = RNNLM(V, H, 2, nonlinearity, bptt=bptt)
+    input_ids, hidden = torch.randint(V, (B, T)), torch.randn(2, B, H)
+    with torch.no_grad():
+        logits, last_hidden, _ = model(input_ids, hidden)
+        step_hidden, step_logits = hidden, []
+        for t in range(T):
+            logits_t, step_hidden = model.step(input_ids[:, t], step_hidden)  # (B, V), (L, B, H)
+            step_logits.append(logits_t)
+    torch.testing.assert_close(logits, torch.stack(step_logits, dim=1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(last_hidden, step_hidden, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_ignores_targets_of_minus_100():
+    torch.manual_seed(0)
+    model = RNNLM(V, H)
+    input_ids, targets = torch.randint(V, (B, T)), torch.randint(V, (B, T))
+    logits, _, _ = model(input_ids)
+    masked = targets.clone()
+    masked[:, ::2] = -100
+    _, _, loss = model(input_ids, targets=masked)
+    kept = masked != -100
+    torch.testing.assert_close(loss, F.cross_entropy(logits[kept], targets[kept]))
