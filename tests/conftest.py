@@ -1,9 +1,10 @@
-"""Shared fixtures: corpora and a runner for the real `rnnlm` command."""
+"""Shared fixtures: corpora, a runner for the real `rnnlm` command, and an exported model."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,3 +39,22 @@ def run_rnnlm(*args: str, cwd: Path | None = None, timeout: float = 300) -> subp
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, "-m", "rnnlm", *args]
     return subprocess.run(command, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- exported models
+
+
+@pytest.fixture(scope="session")
+def char_export(small_corpus, tmp_path_factory) -> SimpleNamespace:
+    """A random two-layer char model (H=32) exported by rnnlm.export, no training: folder, model, tokenizer."""
+    import torch
+
+    from rnnlm.export import write_export
+    from rnnlm.model import RNNLM
+    from rnnlm.tokenizers import CharTokenizer
+
+    tokenizer = CharTokenizer.train(small_corpus.read_text())
+    torch.manual_seed(0)
+    model = RNNLM(tokenizer.vocab_size, hidden_size=32, num_layers=2).eval()
+    folder = write_export(model, tokenizer, tmp_path_factory.mktemp("export") / "char")
+    return SimpleNamespace(folder=folder, model=model, tokenizer=tokenizer)

@@ -1,0 +1,264 @@
+"""`rnnlm export CKPT --out DIR`: a checkpoint's step function as an ONNX graph, checked, in a folder.
+
+    input_ids (B,) int64, past_hidden (L, B, H) float32  ->  logits (B, V), present_hidden (L, B, H)
+
+The graph is RNNLM.step traced by torch.onnx's dynamo exporter (torch.export: no network, every
+layer in one graph, U x a Gather and W h + U x + b one Gemm), batch_size its only dynamic axis.
+Before the folder exists, the export checks itself: onnx.checker, then onnxruntime against torch
+on random tokens and states at batch sizes 1 and 7. It is built in a temporary folder beside DIR
+and renamed into place, so DIR is a whole export or left as it was.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rnnlm.errors import RnnlmError
+from rnnlm.model import RNNLM
+from rnnlm.runtime.manifest import FORMAT, INPUTS, MANIFEST_FILE, MODEL_FILE, OUTPUTS, load_manifest, sha256_bytes
+from rnnlm.tokenizers import Tokenizer, start_token, tokenizer_from_bytes
+
+OPSET = 18  # the dynamo exporter's lowest; read by onnxruntime 1.14 and later
+PARITY_BATCH_SIZES = (1, 7)
+# How far onnxruntime may stray from torch. A float32 graph computes what torch computes: 1e-5. Dynamic
+# int8 rounds weights (one scale per matrix) and activations (one scale per call), which moves logits by
+# about 1 % of their range: its check catches a broken graph, it does not promise precision.
+PARITY_RULES = {
+    "none": "max |onnxruntime - torch| <= 1e-5 on logits and on hidden states",
+    "int8": "max |onnxruntime - torch| <= 0.05 * max |logit| on logits and <= 0.05 on hidden states",
+}
+GENERATION_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 200}
+CHECKPOINT_ADVICE = "give a .ckpt file written by `rnnlm fit` (e.g. runs/char/checkpoints/best.ckpt)"
+
+
+class StepFunction(nn.Module):
+    """RNNLM.step with the graph's I/O names as its argument names."""
+
+    def __init__(self, model: RNNLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, past_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.step(input_ids, past_hidden)  # logits (B, V), present_hidden (L, B, H)
+
+
+def load_checkpoint(path: str | Path) -> tuple[RNNLM, Tokenizer, dict]:
+    """The model (in eval mode), its tokenizer and its training facts from an `rnnlm fit` checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        problem = "is a folder" if path.is_dir() else "does not exist"
+        raise RnnlmError(f"checkpoint {path} {problem}; {CHECKPOINT_ADVICE}")
+    try:  # weights_only: a checkpoint is tensors and plain data, never code to run
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises many types (UnpicklingError, RuntimeError, EOFError, ...)
+        reason = type(e).__name__
+        raise RnnlmError(f"{path} is not a checkpoint torch can read ({reason}); {CHECKPOINT_ADVICE}") from None
+    keys = ("hyper_parameters", "state_dict", "rnnlm")
+    if not isinstance(checkpoint, dict) or not all(k in checkpoint for k in keys):
+        raise RnnlmError(f"{path} is not an rnnlm checkpoint (it lacks {', '.join(keys)}); {CHECKPOINT_ADVICE}")
+    h, state = checkpoint["hyper_parameters"], checkpoint["rnnlm"]
+    try:
+        model = RNNLM(vocab_size=h["vocab_size"], hidden_size=h["hidden_size"], num_layers=h["num_layers"],
+                      nonlinearity=h["nonlinearity"])
+        weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        model.load_state_dict(weights)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise RnnlmError(f"{path} does not hold a whole RNNLM ({e}); {CHECKPOINT_ADVICE}") from None
+    tokenizer = tokenizer_from_bytes(state["tokenizer"]["type"], state["tokenizer"]["data"])
+    val_bpc = state.get("val_bpc")
+    facts = {
+        "val_bpc": val_bpc if isinstance(val_bpc, float) and math.isfinite(val_bpc) else None,
+        "steps": checkpoint.get("global_step"),
+        "corpus": state.get("corpus"),
+        "corpus_sha256": state.get("corpus_sha256"),
+        "checkpoint": path.name,
+    }
+    return model.eval(), tokenizer, facts
+
+
+@contextmanager
+def _quiet():
+    """Silence the exporter's and quantizer's chatter (torchvision absent, preprocessing advice):
+    the graph they write is judged by the checks that follow, not by their warnings."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+def to_onnx(model: RNNLM, path: Path) -> None:
+    """Write model.step as an ONNX graph with batch_size the only dynamic axis."""
+    L, H = model.num_layers, model.hidden_size
+    batch = torch.export.Dim("batch_size")
+    example = (torch.zeros(2, dtype=torch.long), torch.zeros(L, 2, H))  # batch 2: a size-1 axis would be fixed
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(
+            StepFunction(model).eval(), example, str(path), dynamo=True, opset_version=OPSET, external_data=False,
+            input_names=list(INPUTS), output_names=list(OUTPUTS), verbose=False,
+            dynamic_shapes={"input_ids": {0: batch}, "past_hidden": {1: batch}},
+        )
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """onnxruntime's dynamic quantization: int8 weights, activations quantized per call."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet():
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+
+
+def tolerance(quantization: str, logits: np.ndarray) -> dict:
+    """The largest |onnxruntime - torch| allowed on logits and hidden states (PARITY_RULES)."""
+    if quantization == "int8":
+        return {"logits": 0.05 * float(np.abs(logits).max()), "hidden": 0.05}
+    return {"logits": 1e-5, "hidden": 1e-5}
+
+
+def parity(model: RNNLM, graph: bytes, quantization: str) -> dict:
+    """Run the graph in onnxruntime and model.step in torch on the same random tokens and states at
+    each of PARITY_BATCH_SIZES; raise RnnlmError when they differ by more than the tolerance."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    got, want = [], []
+    for B in PARITY_BATCH_SIZES:
+        ids = rng.integers(0, model.vocab_size, B)  # (B,)
+        past = rng.uniform(-1, 1, (model.num_layers, B, model.hidden_size)).astype(np.float32)  # (L, B, H)
+        got.append(session.run(list(OUTPUTS), {"input_ids": ids, "past_hidden": past}))
+        with torch.no_grad():
+            want.append([t.numpy() for t in model.step(torch.from_numpy(ids), torch.from_numpy(past))])
+    limit = tolerance(quantization, np.concatenate([logits for logits, _ in want]))
+    diff = {name: max(float(np.abs(g[k] - w[k]).max()) for g, w in zip(got, want, strict=True))
+            for k, name in enumerate(("logits", "hidden"))}
+    for name in diff:
+        if not diff[name] <= limit[name]:
+            raise RnnlmError(
+                f"the exported graph disagrees with torch at batch sizes {PARITY_BATCH_SIZES}: max |diff| of {name} "
+                f"is {diff[name]:.3g} > {limit[name]:.3g}; nothing was written (report this with the checkpoint)"
+            )
+    return {"batch_sizes": list(PARITY_BATCH_SIZES), "max_abs_diff": diff, "tolerance": limit,
+            "rule": PARITY_RULES[quantization]}
+
+
+def manifest(model: RNNLM, tokenizer: Tokenizer, graph: bytes, tokenizer_file: Path, quantization: str,
+             checks: dict, training: dict) -> dict:
+    L, H, V = model.num_layers, model.hidden_size, model.vocab_size
+    shapes = {"input_ids": ("int64", ["batch_size"]), "past_hidden": ("float32", [L, "batch_size", H]),
+              "logits": ("float32", ["batch_size", V]), "present_hidden": ("float32", [L, "batch_size", H])}
+    io = {role: {"name": role, "dtype": shapes[role][0], "shape": shapes[role][1]} for role in INPUTS + OUTPUTS}
+    return {
+        "format": FORMAT,
+        "model": {"file": MODEL_FILE, "sha256": sha256_bytes(graph), "bytes": len(graph), "opset": OPSET,
+                  "quantization": quantization, "parity": checks},
+        "cell": f"rnn_{model.nonlinearity}",
+        "vocab_size": V, "hidden_size": H, "num_layers": L,
+        "inputs": {role: io[role] for role in INPUTS},
+        "outputs": {role: io[role] for role in OUTPUTS},
+        "tokenizer": {"type": tokenizer.kind, "file": tokenizer_file.name,
+                      "sha256": sha256_bytes(tokenizer_file.read_bytes())},
+        "generation": {**GENERATION_DEFAULTS, "start_token": start_token(tokenizer)},
+        "training": training,
+    }
+
+
+def export(checkpoint: str | Path, out: str | Path, quantize: str | None = None) -> Path:
+    """Write checkpoint's step function, tokenizer and manifest to out (replacing an earlier export there)."""
+    _check_request(Path(out), quantize or "none")
+    model, tokenizer, training = load_checkpoint(checkpoint)
+    return write_export(model, tokenizer, out, quantize or "none", training)
+
+
+def write_export(model: RNNLM, tokenizer: Tokenizer, out: str | Path, quantization: str = "none",
+                 training: dict | None = None) -> Path:
+    """Export model.step with tokenizer to out: built and checked in a temporary folder, then renamed."""
+    import onnx
+
+    out = Path(out)
+    _check_request(out, quantization)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        graph_path = tmp / MODEL_FILE
+        to_onnx(model, graph_path)
+        if quantization == "int8":
+            float_path = graph_path.rename(tmp / "float32.onnx")
+            quantize_int8(float_path, graph_path)
+            float_path.unlink()
+        try:
+            onnx.checker.check_model(str(graph_path), full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise RnnlmError(f"onnx.checker rejects the exported graph ({e}); nothing was written") from None
+        graph = graph_path.read_bytes()
+        checks = parity(model, graph, quantization)
+        tokenizer_file = tokenizer.save(tmp)
+        spec = manifest(model, tokenizer, graph, tokenizer_file, quantization, checks, training or {})
+        (tmp / MANIFEST_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        load_manifest(tmp).read_model()  # what the runtime will read
+        _readable(tmp)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _check_request(out: Path, quantization: str) -> None:
+    if quantization not in PARITY_RULES:
+        raise RnnlmError(f"unknown quantization {quantization!r}: use int8 or leave --quantize out")
+    if out.exists() and not (out / MANIFEST_FILE).is_file():
+        raise RnnlmError(f"{out} exists and is not an rnnlm export (no {MANIFEST_FILE}); "
+                         "choose another --out or remove it")
+
+
+def _readable(folder: Path) -> None:
+    """Give the folder and its files the usual permissions (temporary ones are private to their owner)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
+
+
+def _replace(new: Path, out: Path) -> None:
+    """Rename new to out; an existing out is moved aside first and removed only once new is in place."""
+    if not out.exists():
+        os.rename(new, out)
+        return
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    try:
+        os.rename(out, old / out.name)
+        try:
+            os.rename(new, out)
+        except BaseException:
+            os.rename(old / out.name, out)
+            raise
+    finally:
+        shutil.rmtree(old)
+
+
+def export_command(args: argparse.Namespace) -> None:
+    out = export(args.checkpoint, args.out, args.quantize)
+    spec = json.loads((out / MANIFEST_FILE).read_text())
+    diff = spec["model"]["parity"]["max_abs_diff"]
+    print(f"wrote {out}: {spec['model']['bytes'] / 1e6:.2f} MB {spec['cell']} L={spec['num_layers']} "
+          f"H={spec['hidden_size']} V={spec['vocab_size']} ({spec['model']['quantization']}); onnxruntime vs torch "
+          f"max |diff| logits {diff['logits']:.2g}, hidden {diff['hidden']:.2g}")

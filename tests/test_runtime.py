@@ -1,0 +1,243 @@
+"""The torch-free runtime: manifest checks, sampler, generation, batched stepping, bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rnnlm.errors import RnnlmError
+from rnnlm.runtime import Generator, SamplingParams, Sequence, sample
+from rnnlm.tokenizers import SentencePieceTokenizer
+
+PROMPTS = ["First Citizen", "", "a", "the king"]
+
+
+@pytest.fixture(scope="module")
+def gen(char_export) -> Generator:
+    return Generator.load(char_export.folder)
+
+
+# ----------------------------------------------------------------------------- no torch
+
+
+BLOCK_TORCH = """
+import importlib.abc, sys
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {"torch", "lightning", "pytorch_lightning", "onnx", "onnxscript"}:
+            raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, Blocked())
+"""
+
+
+def test_runtime_and_sample_command_work_with_torch_unimportable(char_export, gen):
+    code = BLOCK_TORCH + """
+from rnnlm.runtime import Generator
+print(Generator.load(sys.argv[1]).generate("the ", max_new_tokens=40, seed=3), end="|")
+from rnnlm.cli import main
+main(["sample", sys.argv[1], "--prompt", "the ", "-n", "40", "--seed", "3"])
+print(sorted(m for m in sys.modules if m.partition(".")[0] in {"torch", "lightning", "onnx"}))
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(char_export.folder)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = gen.generate("the ", max_new_tokens=40, seed=3)
+    assert out.stdout == f"{text}|the {text}\n[]\n"
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def test_same_seed_same_text_and_other_seeds_other_text(gen):
+    a, b = gen.generate("the ", max_new_tokens=60, seed=1), gen.generate("the ", max_new_tokens=60, seed=1)
+    assert a == b and len(a) == 60  # a char model: one character per token
+    assert len({gen.generate("the ", max_new_tokens=60, seed=s) for s in range(2, 6)} | {a}) == 5
+
+
+def test_temperature_zero_and_top_k_one_are_the_same_greedy_text(gen):
+    greedy = gen.generate("the ", max_new_tokens=50, temperature=0, seed=1)
+    assert greedy == gen.generate("the ", max_new_tokens=50, temperature=0, seed=2)
+    assert greedy == gen.generate("the ", max_new_tokens=50, temperature=1.5, top_k=1, seed=3)
+    assert greedy == gen.generate("the ", max_new_tokens=50, top_p=1e-6, seed=4)
+
+
+def test_stream_pieces_join_to_generate(gen):
+    for options in ({"seed": 5}, {"seed": 6, "stop": ["e", "zz"]}, {"temperature": 0}):
+        pieces = list(gen.stream("to be", max_new_tokens=80, **options))
+        assert all(pieces) and "".join(pieces) == gen.generate("to be", max_new_tokens=80, **options)
+
+
+def test_generate_batch_equals_single_calls_with_the_same_seeds(gen):
+    batch = gen.generate_batch(PROMPTS, max_new_tokens=40, seed=10, top_k=20)
+    assert batch == [gen.generate(p, max_new_tokens=40, seed=10 + i, top_k=20) for i, p in enumerate(PROMPTS)]
+    seeds = [7, 3, 7, 1]
+    assert gen.generate_batch(PROMPTS, max_new_tokens=40, seed=seeds) == [
+        gen.generate(p, max_new_tokens=40, seed=s) for p, s in zip(PROMPTS, seeds, strict=True)]
+
+
+def test_sequences_joining_and_leaving_a_batch_keep_their_own_text(gen):
+    """Continuous batching: a prefilling sequence shares steps with decoding ones; finished ones leave."""
+    params = [gen.params(max_new_tokens=n, seed=s) for n, s in [(30, 1), (12, 2), (25, 3)]]
+    live, done, texts = [gen.start(PROMPTS[0], params[0])], [], {}
+    for t in range(60):
+        if t == 5:
+            live.append(gen.start(PROMPTS[3], params[1]))
+        if t == 9:
+            live.append(gen.start(PROMPTS[1], params[2]))
+        pieces = gen.step(live)
+        for s, piece in zip(live, pieces, strict=True):
+            texts[id(s)] = texts.get(id(s), "") + piece
+        done += [s for s in live if s.finished]
+        live = [s for s in live if not s.finished]
+    assert len(done) == 3 and all(s.finish_reason == "length" for s in done)
+    by_params = {id(s.params): s for s in done}
+    for prompt, p in zip([PROMPTS[0], PROMPTS[3], PROMPTS[1]], params, strict=True):
+        s = by_params[id(p)]
+        assert s.text == texts[id(s)] == gen.generate(prompt, max_new_tokens=p.max_new_tokens, seed=p.seed)
+
+
+def test_stop_strings_end_the_text_before_the_first_of_them(gen):
+    text = gen.generate("the ", max_new_tokens=200, seed=8)
+    first, later = text[60:62], text[120:123]
+    cut = min(text.find(first), text.find(later))
+    seq = gen.start("the ", gen.params(max_new_tokens=200, seed=8, stop=[later, first]))
+    while not seq.finished:
+        gen.step([seq])
+    assert seq.text == text[:cut] and seq.finish_reason == "stop"
+    assert gen.generate("the ", max_new_tokens=200, seed=8, stop=text[cut:cut + 2]) == text[:cut]
+    assert gen.generate("the ", max_new_tokens=200, seed=8, stop="\u2603") == text  # never met
+
+
+def test_max_new_tokens_ends_the_text(gen):
+    seq = gen.start("", gen.params(max_new_tokens=17, seed=0))
+    steps = 0
+    while not seq.finished:
+        gen.step([seq])
+        steps += 1
+    assert steps == 17 and len(seq.token_ids) == 17 and seq.finish_reason == "length"  # step 1 feeds the start token
+    assert seq.prompt_ids == [gen.start_token]  # an empty prompt starts from the start token
+
+
+def test_byte_pieces_are_held_until_they_make_whole_characters(small_corpus):
+    tokenizer = SentencePieceTokenizer.train([line for line in small_corpus.read_text().splitlines() if line], 350)
+    text = "Wh\u00e9re is the \u2603?"  # characters the corpus lacks become byte pieces
+    ids = tokenizer.encode(text)
+    assert len(ids) >= len("\u00e9\u2603".encode()) + 3
+    seq = Sequence([0], SamplingParams(max_new_tokens=len(ids)), np.zeros((1, 4), np.float32), tokenizer)
+    pieces = [seq.accept(token) for token in ids]
+    assert "".join(pieces) == seq.text == text and not any("\ufffd" in piece for piece in pieces)
+    assert seq.finish_reason == "length"
+
+
+# ----------------------------------------------------------------------------- the sampler
+
+
+def draw(logits, n=20000, **options) -> np.ndarray:
+    """n tokens from the same logits, one row each, all rows drawing from one generator."""
+    rows = np.tile(np.asarray(logits, np.float32), (n, 1))
+    return sample(rows, [SamplingParams(**options)] * n, [np.random.default_rng(0)] * n)
+
+
+def test_sampled_frequencies_follow_softmax_over_temperature():
+    logits = np.array([0.0, 1.0, 2.0, -1.0])
+    for temperature in (1.0, 0.5):
+        p = np.exp(logits / temperature) / np.exp(logits / temperature).sum()
+        frequencies = np.bincount(draw(logits, temperature=temperature), minlength=4) / 20000
+        assert np.abs(frequencies - p).max() < 0.015
+
+
+def test_top_k_and_top_p_keep_only_the_most_probable_tokens():
+    logits = np.log([0.05, 0.5, 0.15, 0.3])
+    assert set(draw(logits, 2000, top_k=2)) == {1, 3}
+    assert set(draw(logits, 2000, top_p=0.75)) == {1, 3}  # 0.5 + 0.3 reaches 0.75
+    assert set(draw(logits, 2000, top_p=0.85)) == {1, 2, 3}
+    assert set(draw(logits, 2000, top_p=0.5)) == {1}
+
+
+def test_greedy_rows_draw_no_random_numbers():
+    logits = np.array([[0.0, 3.0, 1.0], [0.0, 3.0, 1.0]], np.float32)
+    rngs = [np.random.default_rng(1), np.random.default_rng(1)]
+    tokens = sample(logits, [SamplingParams(temperature=0), SamplingParams()], rngs)
+    assert tokens[0] == 1
+    assert rngs[0].random() == np.random.default_rng(1).random()  # untouched
+    assert rngs[1].random() != np.random.default_rng(1).random()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("temperature", -0.1, "temperature must be a number >= 0"),
+    ("temperature", float("nan"), "temperature must be a number >= 0"),
+    ("top_p", 0.0, "top_p must lie in (0, 1]"),
+    ("top_p", 1.5, "top_p must lie in (0, 1]"),
+    ("top_k", -1, "top_k must be an integer >= 0"),
+    ("top_k", 2.5, "top_k must be an integer >= 0"),
+    ("max_new_tokens", 0, "max_new_tokens must be an integer from 1 to 10000"),
+    ("max_new_tokens", 10_001, "raise the cap"),
+    ("stop", [""], "stop must be a list of non-empty strings"),
+    ("seed", -3, "seed must be an integer >= 0"),
+])
+def test_bad_sampling_options_are_refused_before_any_step(gen, option, value, message):
+    with pytest.raises(RnnlmError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        gen.stream("the", **{option: value})
+
+
+def test_the_cap_on_max_new_tokens_is_configurable(char_export):
+    small = Generator.load(char_export.folder, max_new_tokens_cap=5)
+    with pytest.raises(RnnlmError, match="from 1 to 5"):
+        small.generate("the", max_new_tokens=6)
+    assert len(small.generate("the", max_new_tokens=5)) == 5
+    with pytest.raises(RnnlmError, match="unknown sampling option"):
+        small.params(temprature=1.0)
+
+
+def test_unknown_prompt_characters_are_named_or_dropped_or_replaced(gen):
+    with pytest.raises(RnnlmError, match=r"'\u00e9\u2603'.*U\+00E9, U\+2603.*unknown='drop' or 'replace'"):
+        gen.generate("h\u00e9llo \u2603", max_new_tokens=5)
+    assert gen.generate("h\u00e9llo \u2603", max_new_tokens=20, seed=1, unknown="drop") == gen.generate(
+        "hllo ", max_new_tokens=20, seed=1)
+    assert gen.generate("h\u00e9llo", max_new_tokens=20, seed=1, unknown="replace") == gen.generate(
+        "h llo", max_new_tokens=20, seed=1)
+    with pytest.raises(RnnlmError, match="unknown must be one of"):
+        gen.generate("hello", unknown="ignore")
+
+
+def broken_copy(char_export, tmp_path, edit_manifest=None, edit_model=None):
+    folder = tmp_path / "broken"
+    shutil.copytree(char_export.folder, folder)
+    if edit_manifest:
+        spec = json.loads((folder / "manifest.json").read_text())
+        edit_manifest(spec)
+        (folder / "manifest.json").write_text(json.dumps(spec))
+    if edit_model:
+        model = folder / "model.onnx"
+        model.write_bytes(edit_model(model.read_bytes()))
+    return folder
+
+
+@pytest.mark.parametrize("edit_manifest, edit_model, message", [
+    (None, lambda b: b[: len(b) // 2], "model.onnx does not match the sha256 in its manifest"),
+    (None, lambda b: b[:100] + bytes([b[100] ^ 1]) + b[101:], "does not match the sha256"),
+    (lambda m: m.update(format="rnnlm-step/2"), None, "format 'rnnlm-step/2', but this runtime reads 'rnnlm-step/1'"),
+    (lambda m: m.pop("format"), None, "has format None"),
+    (lambda m: m["model"].update(file="../char/model.onnx"), None, "lies outside"),
+    (lambda m: m["tokenizer"].update(file="/etc/hostname"), None, "lies outside"),
+    (lambda m: m["model"].update(file="missing.onnx"), None, "does not exist"),
+    (lambda m: m["generation"].pop("start_token"), None, "lacks a valid generation.start_token"),
+    (lambda m: m["inputs"]["past_hidden"].update(name="h0"), None, "lacks the I/O its manifest names"),
+])
+def test_a_damaged_export_is_refused_with_a_clear_error(char_export, tmp_path, edit_manifest, edit_model, message):
+    folder = broken_copy(char_export, tmp_path, edit_manifest, edit_model)
+    with pytest.raises(RnnlmError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Generator.load(folder)
+
+
+def test_a_folder_without_manifest_is_not_an_export(tmp_path):
+    with pytest.raises(RnnlmError, match="is not an rnnlm export: it has no manifest.json"):
+        Generator.load(tmp_path)
+    with pytest.raises(RnnlmError, match="no exported model at"):
+        Generator.load(tmp_path / "absent")
