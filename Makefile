@@ -7,13 +7,16 @@ CORPUS     ?=
 ARGS       ?=
 RUN_DIR    ?= runs/char
 NAME       ?= char
+CKPT       ?= $(RUN_DIR)/checkpoints/best.ckpt
+QUANTIZE   ?=
+PROMPT     ?=
 
 PY     := $(VENV)/bin/python
 RNNLM  := $(VENV)/bin/rnnlm
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train test lint clean
+.PHONY: help install data train export sample serve test bench lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -34,8 +37,20 @@ data: $(STAMP) ## tokenize the corpus of CONFIG once (CORPUS=path overrides)
 train: $(STAMP) ## train the default char model on tinyshakespeare (CONFIG, CORPUS, ARGS override)
 	$(RNNLM) fit --config $(CONFIG) $(if $(CORPUS),--data.corpus $(CORPUS)) $(ARGS)
 
+export: $(STAMP) ## write export/$(NAME) from the best checkpoint of the last train (CKPT, QUANTIZE=int8 override)
+	$(RNNLM) export $(CKPT) --out export/$(NAME) $(if $(QUANTIZE),--quantize $(QUANTIZE))
+
+sample: $(STAMP) ## stream text from export/$(NAME), torch-free (PROMPT="ROMEO:" ARGS="-n 500 --temperature 0.8")
+	$(RNNLM) sample export/$(NAME) --prompt "$(PROMPT)" $(ARGS)
+
+serve: $(STAMP) ## serve export/$(NAME) over HTTP on 127.0.0.1:8000, OpenAI completions (ARGS="--port 9000 --api-key KEY")
+	$(RNNLM) serve export/$(NAME) $(ARGS)
+
 test: $(STAMP) ## run the test suite on CPU
 	$(VENV)/bin/pytest -q
+
+bench: $(STAMP) ## run every benchmark in benchmarks/ (training speed vs nn.RNN, ...); table to benchmarks/results/
+	$(PY) benchmarks/run.py
 
 lint: $(STAMP) ## check the code with ruff
 	$(VENV)/bin/ruff check src tests

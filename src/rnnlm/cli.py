@@ -2,11 +2,15 @@
 
     rnnlm fit | validate --config configs/char.yaml [--model.* --data.* --trainer.*]   (LightningCLI)
     rnnlm prepare --config configs/char.yaml [--corpus PATH]                          tokenize once
+    rnnlm export CKPT --out DIR [--quantize int8]                                      ONNX step + manifest
+    rnnlm sample DIR [--prompt ...] | rnnlm eval DIR --text FILE                       torch-free runtime
+    rnnlm serve DIR [--host 127.0.0.1 --port 8000 --api-key KEY ...]                   HTTP, OpenAI completions
 
 Bad input raises RnnlmError, printed here as one line (exit status 2).
 """
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -84,7 +88,55 @@ def command_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a training YAML whose data: section to use")
     p.add_argument("--corpus", help="a text file or a corpus name (overrides the config)")
     p.set_defaults(run=prepare_command)
+    p = commands.add_parser("export", help="write a checkpoint as an ONNX step function, tokenizer and manifest")
+    p.add_argument("checkpoint", help="a .ckpt file written by rnnlm fit")
+    p.add_argument("--out", required=True, help="the folder to write (an earlier export there is replaced)")
+    p.add_argument("--quantize", choices=["int8"], help="onnxruntime dynamic int8 quantization")
+    p.set_defaults(run=deferred("rnnlm.export", "export_command"))
+    p = commands.add_parser("sample", help="stream text from an exported folder (runtime only, no torch)")
+    runtime_arguments(p)
+    p.add_argument("--prompt", default="", help="the text to continue (default: the start token)")
+    p.add_argument("-n", "--max-new-tokens", type=int, help="tokens to sample (default: the manifest's)")
+    p.add_argument("--temperature", type=float, help="0 is greedy (default: the manifest's)")
+    p.add_argument("--top-k", type=int, help="sample among the k most probable tokens (0: all)")
+    p.add_argument("--top-p", type=float, help="sample among the most probable tokens of this mass (1: all)")
+    p.add_argument("--stop", action="append", help="stop before this string (repeatable)")
+    p.add_argument("--seed", type=int, help="the same seed gives the same text")
+    p.set_defaults(run=deferred("rnnlm.runtime.commands", "sample_command"))
+    p = commands.add_parser("eval", help="bits per character of a text under an exported folder (runtime only)")
+    runtime_arguments(p)
+    p.add_argument("--text", required=True, help="a UTF-8 text file to score")
+    p.set_defaults(run=deferred("rnnlm.runtime.commands", "eval_command"))
+    p = commands.add_parser("serve", help="serve an exported folder over HTTP: OpenAI completions, continuous batching")
+    runtime_arguments(p, threads=1)  # one: the event loop and the clients want the other cores
+    p.add_argument("--host", default="127.0.0.1", help="the address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require `Authorization: Bearer KEY` (default: $RNNLM_API_KEY, else none)")
+    p.add_argument("--model-name", help="the model id clients send (default: the folder's name)")
+    for option, kind, what in [("--max-active", int, "sequences stepped together in one batch"),
+                               ("--max-queued", int, "sequences waiting for a slot before requests get 429"),
+                               ("--max-tokens", int, "the largest max_tokens a request may ask"),
+                               ("--max-prompt-tokens", int, "the longest prompt, in tokens"),
+                               ("--max-body-bytes", int, "the largest request body"),
+                               ("--timeout", float, "seconds a request may take, queue included"),
+                               ("--shutdown-grace", float, "seconds running requests get after SIGTERM"),
+                               ("--stream-interval", float, "seconds between writes to a stream after its first text")]:
+        p.add_argument(option, type=kind, help=f"{what} (the startup log shows the default)")
+    p.set_defaults(run=deferred("rnnlm.runtime.server", "serve_command"))
     return parser
+
+
+def runtime_arguments(parser: argparse.ArgumentParser, threads: int | None = None) -> None:
+    parser.add_argument("model", help="an exported folder (rnnlm export)")
+    parser.add_argument("--threads", type=int, default=threads,
+                        help=f"onnxruntime intra-op threads (default: {threads or 'its choice'})")
+    parser.add_argument("--unknown", choices=["error", "drop", "replace"], default="error",
+                        help="characters absent from a char vocabulary: error (default), drop or replace them")
+
+
+def deferred(module: str, function: str):
+    """A command's run function, imported only when it runs: `rnnlm sample` never imports torch."""
+    return lambda args: getattr(importlib.import_module(module), function)(args)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,206 @@
+"""Training throughput: RNNLM with the hand-written backward, RNNLM with autograd's, and torch's nn.RNN.
+
+Each contender does full training steps (forward, backward, AdamW step) on random batches of B = 64
+streams of T = 128 tokens from a 65-symbol vocabulary (tinyshakespeare's characters). After a warm-up
+step each, the contenders of one size take turns, one step each per round, for rounds until a time
+budget is spent (at least MIN_ROUNDS), so a slow-down of a shared machine hits them alike; a number is
+the median over rounds. Peak memory is measured in a fresh process per contender:
+after a warm-up with a tiny model, the peak resident set over a few training steps less the resident
+set before the model was built, so it counts parameters, gradients, optimiser state and activations
+(Linux only: it reads /proc; on CUDA, the peak allocated instead).
+The last row is the seed's way for reference: one sequence, a numpy loop, Adagrad.
+
+    python benchmarks/train.py [--sizes 256 512 1024] [--seconds 50] [--device cpu]
+"""
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnlm.model import RNNLM
+
+VOCAB, B, T = 65, 64, 128
+SIZES = (256, 512, 1024)
+CONTENDERS = ("RNNLM manual", "RNNLM autograd", "nn.RNN")
+SECONDS_PER_SIZE, MIN_ROUNDS = 50.0, 5  # make bench spends about 3 x 50 s here on a 2-core CPU
+
+
+class TorchRNN(nn.Module):
+    """The reference: Embedding + nn.RNN + Linear, time-major like RNNLM inside (nn.RNN's fastest layout)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, hidden_size)
+        self.rnn = nn.RNN(hidden_size, hidden_size)
+        self.head = nn.Linear(hidden_size, VOCAB)
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        hs, _ = self.rnn(self.embed(input_ids.t()))  # (T, B, H)
+        logits = self.head(hs)  # (T, B, V)
+        return F.cross_entropy(logits.flatten(0, 1), targets.t().flatten())
+
+
+def contender(name: str, hidden_size: int, device: str):
+    """A function doing one training step on a fixed batch, and its model."""
+    torch.manual_seed(0)
+    if name == "nn.RNN":
+        model = TorchRNN(hidden_size).to(device)
+        loss_fn = model
+    else:
+        model = RNNLM(VOCAB, hidden_size, bptt=name.split()[1]).to(device)
+        loss_fn = lambda x, y: model(x, None, y)[2]  # noqa: E731
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(VOCAB, (B, T), device=device)  # (B, T)
+    y = torch.randint(VOCAB, (B, T), device=device)  # (B, T)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(x, y).backward()
+        optimizer.step()
+
+    return train_step
+
+
+def seconds(fn, steps: int, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def tokens_per_second(hidden_size: int, budget_s: float, device: str) -> tuple[dict[str, float], int]:
+    """Median training tokens/s of each contender, measured in turns, and the number of rounds."""
+    steps_of = {name: contender(name, hidden_size, device) for name in CONTENDERS}
+    for train_step in steps_of.values():
+        train_step()  # warm-up
+    rates, start = {name: [] for name in CONTENDERS}, time.perf_counter()
+    while len(rates[CONTENDERS[0]]) < MIN_ROUNDS or time.perf_counter() - start < budget_s:
+        for name, train_step in steps_of.items():
+            rates[name].append(B * T / seconds(train_step, 1, device))
+    return {name: statistics.median(r) for name, r in rates.items()}, len(rates[CONTENDERS[0]])
+
+
+def peak_memory_mib(name: str, hidden_size: int, device: str) -> float:
+    """Peak memory of training, in a fresh process so earlier contenders leave no trace."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--peak-memory", name, str(hidden_size), "--device", device],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def resident_mib(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, from /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024  # kB -> MiB
+    raise KeyError(field)
+
+
+def measure_peak_memory(name: str, hidden_size: int, device: str) -> float:
+    contender(name, 8, device)()  # loads the kernels and thread pools, which are not the model's memory
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    elif Path("/proc/self/clear_refs").exists():
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
+    else:
+        return math.nan
+    before = resident_mib("VmRSS")
+    train_step = contender(name, hidden_size, device)
+    for _ in range(3):
+        train_step()
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resident_mib("VmHWM") - before
+
+
+def seed_chars_per_second(rounds: int, hidden_size: int = 100, seq_len: int = 25, lr: float = 0.1) -> float:
+    """The seed's way: one sequence at a time, forward and backward by hand in numpy, Adagrad."""
+    rng = np.random.default_rng(0)
+    data = rng.integers(VOCAB, size=seq_len * 200 + 1)
+    U = rng.standard_normal((hidden_size, VOCAB)) * 0.01  # input to hidden
+    W = rng.standard_normal((hidden_size, hidden_size)) * 0.01  # hidden to hidden
+    V = rng.standard_normal((VOCAB, hidden_size)) * 0.01  # hidden to output
+    b, c = np.zeros(hidden_size), np.zeros(VOCAB)
+    params = [U, W, V, b, c]
+    memory = [np.zeros_like(p) for p in params]  # Adagrad's sums of squared gradients
+
+    def train_step(x: np.ndarray, y: np.ndarray, h_prev: np.ndarray) -> np.ndarray:
+        h, p = {-1: h_prev}, {}
+        for t in range(seq_len):
+            h[t] = np.tanh(U[:, x[t]] + W @ h[t - 1] + b)
+            o = V @ h[t] + c
+            e = np.exp(o - o.max())
+            p[t] = e / e.sum()
+        dU, dW, dV, db, dc = (np.zeros_like(q) for q in params)
+        dh_next = np.zeros(hidden_size)
+        for t in reversed(range(seq_len)):
+            g = p[t].copy()
+            g[y[t]] -= 1  # ∂L/∂o(t)
+            dV += np.outer(g, h[t])
+            dc += g
+            da = (1 - h[t] ** 2) * (V.T @ g + dh_next)
+            dU[:, x[t]] += da
+            dW += np.outer(da, h[t - 1])
+            db += da
+            dh_next = W.T @ da
+        for q, dq, m in zip(params, (dU, dW, dV, db, dc), memory, strict=True):
+            np.clip(dq, -5, 5, out=dq)
+            m += dq * dq
+            q -= lr * dq / np.sqrt(m + 1e-8)
+        return h[seq_len - 1]
+
+    rates = []
+    for _ in range(rounds + 1):  # the first is the warm-up
+        h, start = np.zeros(hidden_size), time.perf_counter()
+        for i in range(0, len(data) - 1, seq_len):
+            h = train_step(data[i : i + seq_len], data[i + 1 : i + seq_len + 1], h)
+        rates.append((len(data) - 1) / (time.perf_counter() - start))
+    return statistics.median(rates[1:])
+
+
+def main(sizes: tuple[int, ...] = SIZES, budget_s: float = SECONDS_PER_SIZE, device: str | None = None) -> str:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    memory = "peak CUDA MiB" if device == "cuda" else "peak RSS MiB"
+    lines = [
+        f"### Training on {device}: B={B}, T={T}, vocab {VOCAB}, forward+backward+AdamW, median over rounds",
+        "",
+        f"| contender | H | tokens/s | RNNLM manual ÷ this | {memory} | rounds |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for hidden_size in sizes:
+        rate, rounds = tokens_per_second(hidden_size, budget_s, device)
+        for name in CONTENDERS:
+            mib = peak_memory_mib(name, hidden_size, device)
+            ratio = rate["RNNLM manual"] / rate[name]
+            lines.append(f"| {name} | {hidden_size} | {rate[name]:,.0f} | {ratio:.2f} | {mib:,.0f} | {rounds} |")
+    seed = seed_chars_per_second(MIN_ROUNDS)
+    lines.append(f"| the seed's way: numpy, batch 1, T=25, Adagrad (chars/s) | 100 | {seed:,.0f} | | | {MIN_ROUNDS} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--seconds", type=float, default=SECONDS_PER_SIZE, help="time budget per size")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    parser.add_argument("--peak-memory", nargs=2, metavar=("CONTENDER", "H"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peak_memory:
+        print(json.dumps(measure_peak_memory(args.peak_memory[0], int(args.peak_memory[1]), args.device or "cpu")))
+    else:
+        print(main(tuple(args.sizes), args.seconds, args.device))
