@@ -1,0 +1,356 @@
+"""`rnnlm serve` as clients meet it: a real server process on a loopback port, real HTTP (httpx)."""
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import ROOT, run_rnnlm
+from rnnlm.runtime import Generator
+from rnnlm.runtime.metrics import Metrics
+from rnnlm.runtime.scheduler import Scheduler
+
+LONG = 100_000  # max_tokens of a stream that outlives any test (the tiny model makes ~5k tokens/s)
+
+
+@pytest.fixture(scope="session")
+def model_dir(small_corpus, tmp_path_factory) -> Path:
+    """A tiny char model, trained for seconds and exported once."""
+    root = tmp_path_factory.mktemp("served")
+    fit = run_rnnlm("fit", "--config", "configs/tiny.yaml", "--data.corpus", str(small_corpus),
+                    "--data.data_dir", str(root / "data"), "--trainer.default_root_dir", str(root / "run"))
+    assert fit.returncode == 0, fit.stderr
+    export = run_rnnlm("export", str(root / "run" / "checkpoints" / "best.ckpt"), "--out", str(root / "tiny"))
+    assert export.returncode == 0, export.stderr
+    return root / "tiny"
+
+
+@pytest.fixture(scope="session")
+def generator(model_dir) -> Generator:
+    return Generator.load(model_dir)
+
+
+@pytest.fixture(scope="session")
+def prompts(small_corpus) -> list[str]:
+    """Prompts the vocabulary knows: pieces of the training text, and the empty prompt."""
+    text = small_corpus.read_text()
+    return [text[:6], text[200:211], text[1000:1003], ""]
+
+
+class Server:
+    """A `python -m rnnlm serve` process on a free loopback port; its log goes to a file."""
+
+    def __init__(self, model_dir: Path, log: Path, *options: str, env: dict | None = None) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url, self.log = f"http://127.0.0.1:{self.port}", log
+        command = [sys.executable, "-m", "rnnlm", "serve", str(model_dir), "--port", str(self.port), *options]
+        with open(log, "w") as out:
+            self.process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                            env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.stop()
+        raise AssertionError(f"the server did not come up:\n{log.read_text()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def metric(self, name: str, **headers) -> float:
+        text = httpx.get(f"{self.url}/metrics", headers=headers, timeout=5).text
+        return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
+@contextmanager
+def serving(model_dir: Path, log: Path, *options: str, env: dict | None = None):
+    server = Server(model_dir, log, *options, env=env)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    options = ("--max-tokens", str(LONG), "--max-body-bytes", "20000", "--max-prompt-tokens", "1000")
+    with serving(model_dir, tmp_path_factory.mktemp("log") / "serve.log", *options) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def small_server(model_dir, tmp_path_factory):
+    """One slot, one place in the queue, a 3 s timeout, and an API key from the environment."""
+    options = ("--max-active", "1", "--max-queued", "1", "--timeout", "3", "--max-tokens", str(LONG))
+    log = tmp_path_factory.mktemp("log") / "serve.log"
+    with serving(model_dir, log, *options, env={"RNNLM_API_KEY": "sesame"}) as s:
+        yield s
+
+
+def complete(server: Server, **request) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/completions", json=request, timeout=30)
+
+
+def sse(lines) -> list:
+    """The `data:` payloads of a server-sent event stream: JSON objects, then "[DONE]"."""
+    payloads = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+    return [p if p == "[DONE]" else json.loads(p) for p in payloads]
+
+
+def joined(events: list, choices: int = 1) -> tuple[list[str], list]:
+    """The text and finish_reason of each choice from a stream's chunks."""
+    texts, reasons = [""] * choices, [None] * choices
+    for event in events:
+        for choice in event["choices"] if isinstance(event, dict) else ():
+            texts[choice["index"]] += choice["text"]
+            reasons[choice["index"]] = choice["finish_reason"] or reasons[choice["index"]]
+    return texts, reasons
+
+
+# ----------------------------------------------------------------------------- completions
+
+
+def test_models_and_completion(server, generator, prompts):
+    models = httpx.get(f"{server.url}/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["tiny"] and models["object"] == "list"
+    r = complete(server, model="tiny", prompt=prompts[0], max_tokens=40, temperature=0.8, top_k=20, seed=3)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "text_completion" and body["model"] == "tiny"
+    assert body["choices"] == [{"text": generator.generate(prompts[0], 40, 0.8, 20, seed=3), "index": 0,
+                                "logprobs": None, "finish_reason": "length"}]
+    assert body["usage"] == {"prompt_tokens": 6, "completion_tokens": 40, "total_tokens": 46}
+
+
+def test_stream_equals_generate(server, generator, prompts):
+    stop = ["\n\n", "the"]
+    request = {"prompt": prompts[1], "max_tokens": 60, "seed": 11, "stop": stop, "stream": True,
+               "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=request, timeout=30) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = sse(r.iter_lines())
+    assert events[-1] == "[DONE]" and events[-2]["choices"] == []
+    texts, reasons = joined(events)
+    assert texts == [generator.generate(prompts[1], 60, stop=stop, seed=11)] and reasons[0] in ("stop", "length")
+    assert events[-2]["usage"]["completion_tokens"] >= len(texts[0])
+
+
+def test_list_prompt_and_n_use_seed_plus_choice(server, generator, prompts):
+    r = complete(server, prompt=prompts[2:4], n=2, max_tokens=20, seed=5)
+    choices = r.json()["choices"]
+    expected = [generator.generate(p, 20, seed=5 + k) for k, p in enumerate([prompts[2]] * 2 + [prompts[3]] * 2)]
+    assert [c["index"] for c in choices] == [0, 1, 2, 3]
+    assert [c["text"] for c in choices] == expected
+    assert r.json()["usage"]["prompt_tokens"] == 3 + 1  # the empty prompt is the start token
+
+
+def test_32_concurrent_streams_are_complete_and_correct(server, generator, prompts):
+    prompts = prompts * 8
+
+    async def one(client: httpx.AsyncClient, i: int) -> tuple[list[str], list]:
+        request = {"prompt": prompts[i], "max_tokens": 80, "seed": i, "stream": True, "stop": "\n\n" if i % 2 else None}
+        async with client.stream("POST", f"{server.url}/v1/completions", json=request) as r:
+            assert r.status_code == 200
+            events = sse([line async for line in r.aiter_lines()])
+        assert events[-1] == "[DONE]"
+        return joined(events)
+
+    async def all_of_them():
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(32)))
+
+    results = asyncio.run(all_of_them())
+    for i, (texts, reasons) in enumerate(results):
+        assert texts == [generator.generate(prompts[i], 80, stop="\n\n" if i % 2 else (), seed=i)]
+        assert reasons[0] == ("length" if len(texts[0]) == 80 else "stop")
+    assert server.metric("rnnlm_active_sequences") == 0
+
+
+def test_disconnected_stream_frees_its_slot(server):
+    request = {"prompt": "", "max_tokens": LONG, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=request, timeout=30) as r:
+        lines = r.iter_lines()  # held: an iterator dropped is closed, and closes the stream
+        assert next(lines).startswith("data: ")
+        assert server.metric("rnnlm_active_sequences") == 1
+    deadline = time.monotonic() + 5
+    while server.metric("rnnlm_active_sequences") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.metric("rnnlm_active_sequences") == 0
+    assert server.metric("rnnlm_generated_tokens_total") < LONG
+
+
+def test_access_log_has_one_json_line_per_request(server):
+    complete(server, prompt="", max_tokens=7)
+    lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith('{"time"')]
+    last = [line for line in lines if line["path"] == "/v1/completions"][-1]
+    assert last["status"] == 200 and last["completion_tokens"] == 7 and last["latency_ms"] > 0
+
+
+def test_a_failing_step_cuts_its_batch_and_the_loop_goes_on(generator):
+    class Flaky:
+        """The generator, but its first step raises."""
+
+        failed = False
+
+        def step(self, sequences):
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("onnxruntime went away")
+            return generator.step(sequences)
+
+    async def two_jobs():
+        scheduler = Scheduler(Flaky(), Metrics(), max_active=4, max_queued=4, stream_interval=0.02)
+        loop = asyncio.create_task(scheduler.run())
+        jobs = []
+        for _ in range(2):
+            jobs.append(scheduler.submit([generator.start("", generator.params(max_new_tokens=9, seed=1))], 10, False))
+            await asyncio.wait_for(jobs[-1].done, 10)
+        loop.cancel()
+        return jobs
+
+    failed, served = asyncio.run(two_jobs())
+    assert failed.error == "failed" and served.error is None
+    assert served.sequences[0].text == generator.generate("", 9, seed=1)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+BAD = [
+    (b'{"prompt": "a",', 400, None),
+    (b"[1, 2]", 400, None),
+    (b'{"prompt": "\xff"}', 400, None),
+    (b'{"temperature": NaN}', 400, "temperature"),
+    ({"prompt": 5}, 400, "prompt"),
+    ({"prompt": []}, 400, "prompt"),
+    ({"prompt": [[1, 2]]}, 400, "prompt"),
+    ({"max_tokens": "10"}, 400, "max_tokens"),
+    ({"max_tokens": 0}, 400, "max_tokens"),
+    ({"max_tokens": LONG + 1}, 400, "max_tokens"),
+    ({"temperature": "hot"}, 400, "temperature"),
+    ({"temperature": -1}, 400, "temperature"),
+    ({"top_p": 0}, 400, "top_p"),
+    ({"top_p": 1.5}, 400, "top_p"),
+    ({"top_k": -1}, 400, "top_k"),
+    ({"top_k": 2.5}, 400, "top_k"),
+    ({"stop": 5}, 400, "stop"),
+    ({"stop": [1]}, 400, "stop"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ({"seed": -1}, 400, "seed"),
+    ({"seed": "x"}, 400, "seed"),
+    ({"n": 1.5}, 400, "n"),
+    ({"n": 0}, 400, "n"),
+    ({"n": 65}, 400, "n"),
+    ({"prompt": ["a"] * 65}, 400, "prompt"),
+    ({"stream": "yes"}, 400, "stream"),
+    ({"stream_options": {"include_usage": True}}, 400, "stream_options"),
+    ({"echo": True}, 400, "echo"),
+    ({"frobnicate": 1}, 400, "frobnicate"),
+    ({"model": "gpt-4"}, 404, "model"),
+    ({"prompt": "a\u2603b\u2604"}, 400, "prompt"),
+    ({"prompt": "a" * 1001}, 400, "prompt"),
+    ({"prompt": "a" * 30000}, 413, None),
+]
+
+
+@pytest.mark.parametrize("body, status, param", BAD, ids=[f"{i}-{param or status}" for i, (_, status, param) in
+                                                          enumerate(BAD)])
+def test_bad_input_is_a_4xx_naming_the_field(server, body, status, param):
+    if isinstance(body, dict):
+        r = httpx.post(f"{server.url}/v1/completions", json={"prompt": "", "max_tokens": 5, **body}, timeout=10)
+    else:
+        r = httpx.post(f"{server.url}/v1/completions", content=body, timeout=10)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["param"] == param and error["message"]
+    if "\u2603" in str(body):
+        assert "\u2603\u2604" in error["message"]  # names the characters the vocabulary lacks
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+
+
+def test_oversized_chunked_body_is_413(server):
+    chunks = (b'{"prompt": "' + b"a" * 5000 for _ in range(5))
+    r = httpx.post(f"{server.url}/v1/completions", content=chunks, timeout=10)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert complete(server, prompt="", max_tokens=3).status_code == 200
+
+
+def test_unknown_path_and_method_have_openai_errors(server):
+    assert httpx.get(f"{server.url}/v2/nothing").json()["error"]["message"] == "GET /v2/nothing: Not Found"
+    assert httpx.get(f"{server.url}/v1/completions").status_code == 405
+
+
+# ----------------------------------------------------------------------------- limits, keys, shutdown
+
+
+def test_api_key(small_server):
+    assert httpx.get(f"{small_server.url}/healthz").status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sesame"}):
+        for r in (httpx.get(f"{small_server.url}/v1/models", headers=headers),
+                  httpx.get(f"{small_server.url}/metrics", headers=headers),
+                  httpx.post(f"{small_server.url}/v1/completions", json={"prompt": ""}, headers=headers)):
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    ok = {"Authorization": "Bearer sesame"}
+    r = httpx.post(f"{small_server.url}/v1/completions", json={"prompt": "", "max_tokens": 4}, headers=ok)
+    assert r.status_code == 200 and httpx.get(f"{small_server.url}/v1/models", headers=ok).status_code == 200
+
+
+def test_full_queue_gives_429_with_retry_after(small_server):
+    ok = {"Authorization": "Bearer sesame"}
+    request = {"prompt": "", "max_tokens": LONG, "stream": True}
+    with httpx.Client(headers=ok, timeout=10) as client:
+        with client.stream("POST", f"{small_server.url}/v1/completions", json=request) as running:
+            lines = running.iter_lines()
+            assert next(lines).startswith("data: ")
+            with client.stream("POST", f"{small_server.url}/v1/completions", json=request) as queued:
+                assert queued.status_code == 200
+                assert small_server.metric("rnnlm_queued_sequences", **ok) == 1
+                r = client.post(f"{small_server.url}/v1/completions", json=request)
+                assert r.status_code == 429 and r.headers["retry-after"] == "1"
+                assert r.json()["error"]["code"] == "rate_limit_exceeded"
+        assert client.get(f"{small_server.url}/healthz").status_code == 200
+
+
+@pytest.mark.slow
+def test_timeout_cuts_a_stream_cleanly(small_server):
+    request = {"prompt": "", "max_tokens": LONG, "stream": True}
+    start = time.monotonic()
+    with httpx.stream("POST", f"{small_server.url}/v1/completions", json=request,
+                      headers={"Authorization": "Bearer sesame"}, timeout=30) as r:
+        events = sse(r.iter_lines())
+    assert 2.5 < time.monotonic() - start < 10
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "timeout"
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_short_streams_cuts_long_ones_and_exits_0(model_dir, tmp_path):
+    with serving(model_dir, tmp_path / "serve.log", "--shutdown-grace", "3", "--max-tokens", str(LONG)) as s:
+        url = f"{s.url}/v1/completions"
+        with httpx.Client(timeout=30) as client:
+            with client.stream("POST", url, json={"prompt": "", "max_tokens": LONG, "stream": True}) as long, \
+                 client.stream("POST", url, json={"prompt": "", "max_tokens": 300, "stream": True}) as short:
+                long_lines, short_lines = long.iter_lines(), short.iter_lines()
+                next(long_lines), next(short_lines)
+                s.process.send_signal(signal.SIGTERM)
+                short_events, long_events = sse(short_lines), sse(long_lines)
+        assert short_events[-1] == "[DONE]" and joined(short_events)[1] == ["length"]
+        assert long_events[-1] == "[DONE]" and long_events[-2]["error"]["code"] == "server_shutting_down"
+        assert s.process.wait(timeout=15) == 0
+    assert "Finished server process" in (tmp_path / "serve.log").read_text()
