@@ -53,7 +53,7 @@ bench: $(STAMP) ## run every benchmark in benchmarks/ (training speed vs nn.RNN,
 	$(PY) benchmarks/run.py
 
 lint: $(STAMP) ## check the code with ruff
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks serve
 
 clean: ## remove runs/, data/ caches and export/ models (keeps .venv)
 	rm -rf runs data export/*/

@@ -63,11 +63,11 @@ def run(path: Path) -> str:
 
 
 def main(names: list[str]) -> None:
-    now = datetime.datetime.now()
+    paths, now = benchmarks(names), datetime.datetime.now()
     header = [f"## Benchmarks, {now:%Y-%m-%d %H:%M}, {socket.gethostname()}", "", *machine()]
     print("\n".join(header), flush=True)
     sections = []
-    for path in benchmarks(names):
+    for path in paths:
         sections.append(run(path))
         print(f"\n{sections[-1]}", flush=True)
     out = HERE / "results" / f"{now:%Y-%m-%d}-{socket.gethostname()}.md"

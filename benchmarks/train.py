@@ -10,7 +10,7 @@ set before the model was built, so it counts parameters, gradients, optimiser st
 (Linux only: it reads /proc; on CUDA, the peak allocated instead).
 The last row is the seed's way for reference: one sequence, a numpy loop, Adagrad.
 
-    python benchmarks/train.py [--sizes 256 512 1024] [--seconds 50] [--device cpu]
+    python benchmarks/train.py [--sizes 256 512 1024] [--seconds 30] [--device cpu]
 """
 
 import argparse
@@ -32,7 +32,7 @@ from rnnlm.model import RNNLM
 VOCAB, B, T = 65, 64, 128
 SIZES = (256, 512, 1024)
 CONTENDERS = ("RNNLM manual", "RNNLM autograd", "nn.RNN")
-SECONDS_PER_SIZE, MIN_ROUNDS = 50.0, 5  # make bench spends about 3 x 50 s here on a 2-core CPU
+SECONDS_PER_SIZE, MIN_ROUNDS = 30.0, 3  # the timing of make bench: about 3 x 30 s on a 2-core CPU
 
 
 class TorchRNN(nn.Module):
@@ -51,7 +51,7 @@ class TorchRNN(nn.Module):
 
 
 def contender(name: str, hidden_size: int, device: str):
-    """A function doing one training step on a fixed batch, and its model."""
+    """One training step (forward, backward, AdamW) of the named contender, on a fixed batch."""
     torch.manual_seed(0)
     if name == "nn.RNN":
         model = TorchRNN(hidden_size).to(device)
@@ -71,12 +71,11 @@ def contender(name: str, hidden_size: int, device: str):
     return train_step
 
 
-def seconds(fn, steps: int, device: str) -> float:
+def seconds(train_step, device: str) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for _ in range(steps):
-        fn()
+    train_step()
     if device == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -90,7 +89,7 @@ def tokens_per_second(hidden_size: int, budget_s: float, device: str) -> tuple[d
     rates, start = {name: [] for name in CONTENDERS}, time.perf_counter()
     while len(rates[CONTENDERS[0]]) < MIN_ROUNDS or time.perf_counter() - start < budget_s:
         for name, train_step in steps_of.items():
-            rates[name].append(B * T / seconds(train_step, 1, device))
+            rates[name].append(B * T / seconds(train_step, device))
     return {name: statistics.median(r) for name, r in rates.items()}, len(rates[CONTENDERS[0]])
 
 
