@@ -3,8 +3,9 @@
     input_ids (B,) int64, past_hidden (L, B, H) float32  ->  logits (B, V), present_hidden (L, B, H)
 
 The caller writes the inputs into `StepBuffers` and calls `run`; onnxruntime writes the outputs
-into the buffers' own arrays, so the per-token path allocates nothing. Buffers are kept for the
-batch size of the last call and rebuilt when it changes. A session runs one call at a time.
+into the buffers' own arrays, so the per-token path allocates nothing. Buffers are made once per
+batch size and kept, since a continuous batch changes size whenever a sequence joins or leaves; the
+cache is emptied when its rows would pass MAX_CACHED_ROWS. A session runs one call at a time.
 """
 
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ import onnxruntime as ort
 
 from rnnlm.errors import RnnlmError
 from rnnlm.runtime.manifest import EXPORT_ADVICE, INPUTS, OUTPUTS, Manifest
+
+MAX_CACHED_ROWS = 4096  # rows (sequences) of buffers kept across batch sizes: ~18 MB at H=512, V=65
 
 
 @dataclass
@@ -47,12 +50,14 @@ class StepSession:
             raise RnnlmError(f"the graph in {manifest.folder} lacks the I/O its manifest names: {missing}; "
                              f"{EXPORT_ADVICE}")
         self.shape = (manifest.num_layers, manifest.hidden_size, manifest.vocab_size)  # L, H, V
-        self._buffers: StepBuffers | None = None
+        self._buffers: dict[int, StepBuffers] = {}  # by batch size
 
     def buffers(self, batch_size: int) -> StepBuffers:
-        """The bound buffers for batch_size (those of the last call when it had the same size)."""
-        if self._buffers is not None and len(self._buffers.input_ids) == batch_size:
-            return self._buffers
+        """The bound buffers for batch_size, made on its first call."""
+        if batch_size in self._buffers:
+            return self._buffers[batch_size]
+        if sum(self._buffers) + batch_size > MAX_CACHED_ROWS:
+            self._buffers.clear()
         L, H, V = self.shape
         arrays = {
             "input_ids": np.zeros(batch_size, np.int64),
@@ -64,8 +69,8 @@ class StepSession:
         for role, array in arrays.items():
             bind = binding.bind_ortvalue_input if role in INPUTS else binding.bind_ortvalue_output
             bind(self.names[role], ort.OrtValue.ortvalue_from_numpy(array))
-        self._buffers = StepBuffers(**arrays, binding=binding)
-        return self._buffers
+        self._buffers[batch_size] = StepBuffers(**arrays, binding=binding)
+        return self._buffers[batch_size]
 
     def run(self, buffers: StepBuffers) -> None:
         """One step: reads buffers.input_ids and past_hidden, writes logits and present_hidden."""
