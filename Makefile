@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[train,serve,dev]"
 	touch $(STAMP)
 
-install: $(STAMP) ## make .venv with torch ($(TORCH_SPEC)) and an editable install of rnnlm
+install: $(STAMP) ## make .venv with torch (TORCH_SPEC=torch==2.13.0) and an editable install of rnnlm
 	@echo "rnnlm installed in $(VENV)"
 
 data: $(STAMP) ## tokenize the corpus of CONFIG once (CORPUS=path overrides)
@@ -37,13 +37,13 @@ data: $(STAMP) ## tokenize the corpus of CONFIG once (CORPUS=path overrides)
 train: $(STAMP) ## train the default char model on tinyshakespeare (CONFIG, CORPUS, ARGS override)
 	$(RNNLM) fit --config $(CONFIG) $(if $(CORPUS),--data.corpus $(CORPUS)) $(ARGS)
 
-export: $(STAMP) ## write export/$(NAME) from the best checkpoint of the last train (CKPT, QUANTIZE=int8 override)
+export: $(STAMP) ## write export/NAME from the best checkpoint of the last train (CKPT, QUANTIZE=int8 override)
 	$(RNNLM) export $(CKPT) --out export/$(NAME) $(if $(QUANTIZE),--quantize $(QUANTIZE))
 
-sample: $(STAMP) ## stream text from export/$(NAME), torch-free (PROMPT="ROMEO:" ARGS="-n 500 --temperature 0.8")
+sample: $(STAMP) ## stream text from export/NAME, torch-free (PROMPT="ROMEO:" ARGS="-n 500 --temperature 0.8")
 	$(RNNLM) sample export/$(NAME) --prompt "$(PROMPT)" $(ARGS)
 
-serve: $(STAMP) ## serve export/$(NAME) over HTTP on 127.0.0.1:8000, OpenAI completions (ARGS="--port 9000 --api-key KEY")
+serve: $(STAMP) ## serve export/NAME over HTTP on 127.0.0.1:8000, OpenAI completions (ARGS="--port 9000 --api-key KEY")
 	$(RNNLM) serve export/$(NAME) $(ARGS)
 
 test: $(STAMP) ## run the test suite on CPU
