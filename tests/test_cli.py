@@ -75,3 +75,12 @@ def test_ddp_two_processes_own_different_streams_and_agree_on_weights(small_corp
     assert [len(r["first_tokens"]) for r in ranks] == [6, 6]  # 6 steps of 4 streams each
     assert all(a != b for a, b in zip(ranks[0]["first_tokens"], ranks[1]["first_tokens"], strict=True))
     assert ranks[0]["weights"] == ranks[1]["weights"]  # gradients were averaged: one model on both ranks
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_config_parses_with_the_contract_options(config):
+    result = run_rnnlm("fit", "--config", f"configs/{config}", "--print_config")
+    assert result.returncode == 0, result.stderr
+    for option in ("hidden_size:", "num_layers:", "nonlinearity:", "dropout:", "lr:", "corpus:", "tokenizer:",
+                   "vocab_size:", "batch_size:", "seq_len:", "gradient_clip_val:", "default_root_dir:"):
+        assert option in result.stdout, option
