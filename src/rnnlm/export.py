@@ -33,8 +33,8 @@ OPSET = 18  # the dynamo exporter's lowest; read by onnxruntime 1.14 and later
 PARITY_BATCH_SIZES = (1, 7)
 # How far onnxruntime may stray from torch. A float32 graph computes what torch computes: 1e-5. Dynamic
 # int8 rounds weights (one scale per matrix) and activations (one scale per call), which moves logits by
-# about 1 % of their range and hidden states by up to ~0.05 on the random states of the check (0.0506 for
-# the default 512-unit model trained by `make train`): its check catches a broken graph (errors of the
+# about 1 % of their range and hidden states by 0.05-0.06 on the random states of the check (for the
+# default 512-unit model trained by `make train`): its check catches a broken graph (errors of the
 # order of the tanh range, 1), it does not promise precision; `rnnlm eval` measures what int8 costs.
 PARITY_RULES = {
     "none": "max |onnxruntime - torch| <= 1e-5 on logits and on hidden states",
