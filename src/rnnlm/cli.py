@@ -17,6 +17,7 @@ import sys
 import warnings
 
 from rnnlm.errors import RnnlmError
+from rnnlm.tokenizers import UNKNOWN_POLICIES
 
 LIGHTNING_COMMANDS = ("fit", "validate")
 
@@ -130,7 +131,7 @@ def runtime_arguments(parser: argparse.ArgumentParser, threads: int | None = Non
     parser.add_argument("model", help="an exported folder (rnnlm export)")
     parser.add_argument("--threads", type=int, default=threads,
                         help=f"onnxruntime intra-op threads (default: {threads or 'its choice'})")
-    parser.add_argument("--unknown", choices=["error", "drop", "replace"], default="error",
+    parser.add_argument("--unknown", choices=UNKNOWN_POLICIES, default="error",
                         help="characters absent from a char vocabulary: error (default), drop or replace them")
 
 

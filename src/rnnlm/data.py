@@ -16,6 +16,7 @@ import sys
 import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
+from functools import cached_property
 from pathlib import Path
 
 import lightning as L
@@ -273,24 +274,19 @@ class RNNLMDataModule(L.LightningDataModule):
         # kept as attributes, not hparams: the model's vocab_size is the tokenizer's, linked by the CLI
         self.corpus, self.tokenizer_kind, self.vocab_size = corpus, tokenizer, vocab_size
         self.batch_size, self.seq_len, self.data_dir = batch_size, seq_len, data_dir
-        self._folder: Path | None = None
-        self._tokenizer: Tokenizer | None = None
 
-    @property
+    @cached_property
     def folder(self) -> Path:
         """The prepared folder; made on first use (every process may call this: writes are atomic)."""
-        if self._folder is None:
-            self._folder = prepare(self.corpus, self.tokenizer_kind, self.vocab_size, self.data_dir)
-        return self._folder
+        return prepare(self.corpus, self.tokenizer_kind, self.vocab_size, self.data_dir)
 
-    @property
+    @cached_property
     def tokenizer(self) -> Tokenizer:
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.folder)
-        return self._tokenizer
+        return load_tokenizer(self.folder)
 
-    @property
+    @cached_property
     def meta(self) -> dict:
+        """The corpus facts of meta.json, read once (validation and every checkpoint use them)."""
         return json.loads((self.folder / "meta.json").read_text())
 
     def prepare_data(self) -> None:

@@ -27,6 +27,7 @@ from torch import nn
 from rnnlm.errors import RnnlmError
 from rnnlm.model import RNNLM
 from rnnlm.runtime.manifest import FORMAT, INPUTS, MANIFEST_FILE, MODEL_FILE, OUTPUTS, load_manifest, sha256_bytes
+from rnnlm.runtime.sampler import SamplingParams
 from rnnlm.tokenizers import Tokenizer, start_token, tokenizer_from_bytes
 
 OPSET = 18  # the dynamo exporter's lowest; read by onnxruntime 1.14 and later
@@ -40,7 +41,6 @@ PARITY_RULES = {
     "none": "max |onnxruntime - torch| <= 1e-5 on logits and on hidden states",
     "int8": "max |onnxruntime - torch| <= 0.05 * max |logit| on logits and <= 0.2 on hidden states",
 }
-GENERATION_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 200}
 CHECKPOINT_ADVICE = "give a .ckpt file written by `rnnlm fit` (e.g. runs/char/checkpoints/best.ckpt)"
 
 
@@ -177,9 +177,15 @@ def manifest(model: RNNLM, tokenizer: Tokenizer, graph: bytes, tokenizer_file: P
         "outputs": {role: io[role] for role in OUTPUTS},
         "tokenizer": {"type": tokenizer.kind, "file": tokenizer_file.name,
                       "sha256": sha256_bytes(tokenizer_file.read_bytes())},
-        "generation": {**GENERATION_DEFAULTS, "start_token": start_token(tokenizer)},
+        "generation": {**generation_defaults(), "start_token": start_token(tokenizer)},
         "training": training,
     }
+
+
+def generation_defaults() -> dict:
+    """The runtime's own sampling defaults, written into the manifest for every runtime that reads it."""
+    defaults = SamplingParams()
+    return {key: getattr(defaults, key) for key in ("temperature", "top_k", "top_p", "max_new_tokens")}
 
 
 def export(checkpoint: str | Path, out: str | Path, quantize: str | None = None) -> Path:
