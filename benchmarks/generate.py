@@ -21,7 +21,7 @@ from functools import partial
 import torch
 
 from rnnlm.export import write_export
-from rnnlm.model import RNNLM
+from rnnlm.model import RNNLM, ModelConfig
 from rnnlm.runtime import Generator
 from rnnlm.tokenizers import CharTokenizer
 
@@ -56,7 +56,7 @@ def tokens_per_second(fn, batch_size: int, tokens: int) -> float:
 def main(tokens: int = 1000, rounds: int = 7) -> str:
     """A markdown table of tokens/s per contender and batch size, with the runtime's speed-up over torch."""
     torch.manual_seed(0)
-    model = RNNLM(VOCAB, HIDDEN).eval()
+    model = RNNLM(ModelConfig(VOCAB, HIDDEN)).eval()
     tokenizer = CharTokenizer("".join(chr(32 + i) for i in range(VOCAB - 1)) + "\n")
     with tempfile.TemporaryDirectory() as folder:
         exported = write_export(model, tokenizer, f"{folder}/model")

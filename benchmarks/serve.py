@@ -28,7 +28,7 @@ import httpx
 import torch
 
 from rnnlm.export import write_export
-from rnnlm.model import RNNLM
+from rnnlm.model import RNNLM, ModelConfig
 from rnnlm.tokenizers import CharTokenizer
 
 VOCAB, HIDDEN = 65, 512
@@ -103,7 +103,7 @@ def main(tokens: int = 200, seconds: float = 3.0, rounds: int = 3, threads: int 
     tokenizer = CharTokenizer("\n" + "".join(chr(32 + i) for i in range(VOCAB - 1)))
     rates, ttfts = {c: [] for c in CLIENTS}, {c: [] for c in CLIENTS}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = write_export(RNNLM(VOCAB, HIDDEN).eval(), tokenizer, Path(tmp) / "model")
+        folder = write_export(RNNLM(ModelConfig(VOCAB, HIDDEN)).eval(), tokenizer, Path(tmp) / "model")
         server, port = serve(folder, threads)
         try:
             asyncio.run(level(port, 1, tokens, 0.5))  # warm-up

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlm.model import RNNLM
+from rnnlm.model import RNNLM, ModelConfig
 
 VOCAB, B, T = 65, 64, 128
 SIZES = (256, 512, 1024)
@@ -57,7 +57,7 @@ def contender(name: str, hidden_size: int, device: str):
         model = TorchRNN(hidden_size).to(device)
         loss_fn = model
     else:
-        model = RNNLM(VOCAB, hidden_size, bptt=name.split()[1]).to(device)
+        model = RNNLM(ModelConfig(VOCAB, hidden_size, bptt=name.split()[1])).to(device)
         loss_fn = lambda x, y: model(x, None, y)[2]  # noqa: E731
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(VOCAB, (B, T), device=device)  # (B, T)

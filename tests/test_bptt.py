@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rnnlm.bptt import recurrence_manual
-from rnnlm.model import RNNLM
+from rnnlm.model import RNNLM, ModelConfig
 
 V, H, B, T = 11, 8, 3, 7
 
@@ -29,7 +29,7 @@ def test_unknown_nonlinearity_is_refused():
 
 def test_unknown_bptt_is_refused():
     with pytest.raises(ValueError, match="bptt must be one of"):
-        RNNLM(V, H, bptt="numpy")
+        RNNLM(ModelConfig(V, H, bptt="numpy"))
 
 
 def gradients(model: RNNLM, input_ids, targets, hidden=None) -> dict[str, torch.Tensor]:
@@ -50,8 +50,8 @@ def gradients(model: RNNLM, input_ids, targets, hidden=None) -> dict[str, torch.
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_manual_gradients_equal_autograd(num_layers, carried, nonlinearity):
     torch.manual_seed(0)
-    manual = RNNLM(V, H, num_layers, nonlinearity, bptt="manual").double()
-    reference = RNNLM(V, H, num_layers, nonlinearity, bptt="autograd").double()
+    manual = RNNLM(ModelConfig(V, H, num_layers, nonlinearity, bptt="manual")).double()
+    reference = RNNLM(ModelConfig(V, H, num_layers, nonlinearity, bptt="autograd")).double()
     reference.load_state_dict(manual.state_dict())
     input_ids, targets = torch.randint(V, (B, T)), torch.randint(V, (B, T))
     hidden = torch.randn(num_layers, B, H, dtype=torch.float64) if carried else None
@@ -64,7 +64,7 @@ def test_manual_gradients_equal_autograd(num_layers, carried, nonlinearity):
 def loss_curve(bptt: str, steps: int = 30) -> list[float]:
     """Train a tiny model on a fixed stream with the hidden state carried, as training does."""
     torch.manual_seed(0)
-    model = RNNLM(V, 16, 2, bptt=bptt)
+    model = RNNLM(ModelConfig(V, 16, 2, bptt=bptt))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     stream = torch.randint(V, (B, steps * T + 1))  # B streams, consumed T tokens per step
     hidden, losses = None, []
@@ -88,7 +88,7 @@ def test_training_gives_the_same_loss_curve_both_ways():
 def test_manual_runs_under_autocast():
     """Under bf16 autocast, layers above the first get a_x in bf16 while W stays float32."""
     torch.manual_seed(0)
-    manual, reference = RNNLM(V, H, 2, bptt="manual"), RNNLM(V, H, 2, bptt="autograd")
+    manual, reference = RNNLM(ModelConfig(V, H, 2, bptt="manual")), RNNLM(ModelConfig(V, H, 2, bptt="autograd"))
     reference.load_state_dict(manual.state_dict())
     input_ids, targets = torch.randint(V, (B, T)), torch.randint(V, (B, T))
     for model in (manual, reference):
@@ -103,8 +103,8 @@ def test_manual_runs_under_autocast():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_manual_gradients_equal_autograd_on_cuda():
     torch.manual_seed(0)
-    manual = RNNLM(V, 64, 2, bptt="manual").cuda()
-    reference = RNNLM(V, 64, 2, bptt="autograd").cuda()
+    manual = RNNLM(ModelConfig(V, 64, 2, bptt="manual")).cuda()
+    reference = RNNLM(ModelConfig(V, 64, 2, bptt="autograd")).cuda()
     reference.load_state_dict(manual.state_dict())
     input_ids, targets = torch.randint(V, (B, T), device="cuda"), torch.randint(V, (B, T), device="cuda")
     hidden = torch.randn(2, B, 64, device="cuda")

@@ -1,11 +1,17 @@
+import hashlib
+import http.server
 import json
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
 import torch
 
-from rnnlm import data
-from rnnlm.data import RNNLMDataModule, StreamDataset, prepare, resolve_corpus
+from rnnlm import corpus as corpus_module
+from rnnlm.corpus import prepare, resolve_corpus
+from rnnlm.data import RNNLMDataModule, StreamDataset
 from rnnlm.errors import RnnlmError
 from rnnlm.tokenizers import load_tokenizer
 
@@ -26,8 +32,8 @@ def test_prepare_splits_90_10_and_reuses_its_files(small_corpus, tmp_path):
 
 
 def test_prepare_encodes_in_chunks_like_the_whole(small_corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "CHUNK_CHARS", 777)  # many chunks, cut at newlines
     whole = prepare(str(small_corpus), "bpe", 400, tmp_path / "a")
+    monkeypatch.setattr(corpus_module, "CHUNK_CHARS", 777)  # many chunks, cut at newlines
     chunked = prepare(str(small_corpus), "bpe", 400, tmp_path / "b")
     tok = load_tokenizer(whole)
     text = small_corpus.read_text()
@@ -35,20 +41,74 @@ def test_prepare_encodes_in_chunks_like_the_whole(small_corpus, tmp_path, monkey
     assert np.fromfile(chunked / "train.bin", np.uint16).tolist() == tok.encode(text[:n_train])
 
 
-def test_named_corpus_from_cache_and_offline_fallback(tmp_path, monkeypatch, capsys, shakespeare):
+@pytest.fixture
+def corpus_server(corpus):
+    """The tests' corpus served over HTTP on a loopback port: (url, sha256, requests served)."""
+    body, served = corpus.read_bytes(), []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            served.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/input.txt", hashlib.sha256(body).hexdigest(), served
+    server.shutdown()
+    server.server_close()
+
+
+def test_named_corpus_is_downloaded_checked_cached_and_falls_back_offline(corpus_server, tmp_path, monkeypatch,
+                                                                         capsys):
+    url, sha256, served = corpus_server
+    monkeypatch.setitem(corpus_module.CORPORA, "shakespeare", {"url": url, "sha256": sha256})
     cached = tmp_path / "corpora" / "shakespeare.txt"
-    cached.parent.mkdir(parents=True)
-    cached.write_bytes(shakespeare.read_bytes())
-    assert resolve_corpus("shakespeare", tmp_path) == cached
-    cached.write_text("tampered")  # a bad cached copy is fetched again; offline, the fallback is loud
+    assert resolve_corpus("shakespeare", tmp_path) == cached and len(served) == 1  # downloaded
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == sha256
+    assert resolve_corpus("shakespeare", tmp_path) == cached and len(served) == 1  # then read from the cache
+    cached.write_text("tampered")  # a cached copy that fails its sha256 is fetched again
+    assert resolve_corpus("shakespeare", tmp_path) == cached and len(served) == 2
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == sha256
 
-    def offline(*args, **kwargs):
-        raise OSError("network is unreachable")
+    monkeypatch.setitem(corpus_module.CORPORA, "shakespeare", {"url": url, "sha256": "0" * 64})
+    cached.unlink()
+    with pytest.raises(RnnlmError, match=r"does not match its sha256 0{64}; try again later"):
+        resolve_corpus("shakespeare", tmp_path)  # a download that fails its checksum is refused, not kept
+    assert not cached.exists()
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
-    path = resolve_corpus("shakespeare", tmp_path)
+    closed = {"url": "http://127.0.0.1:9/input.txt", "sha256": sha256}  # port 9 (discard): nothing listens
+    monkeypatch.setitem(corpus_module.CORPORA, "shakespeare", closed)
+    path = resolve_corpus("shakespeare", tmp_path)  # offline: the fallback is loud
     assert path.name == "pydoc-topics.txt" and path.stat().st_size > 100_000
     assert "TRAINING ON THE OFFLINE FALLBACK" in capsys.readouterr().err
+
+
+def test_prepare_command_imports_neither_torch_nor_lightning(small_corpus, tmp_path):
+    block = """
+import importlib.abc, sys
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {"torch", "lightning", "pytorch_lightning"}:
+            raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, Blocked())
+from rnnlm.cli import main
+main(["prepare", "--config", sys.argv[2], "--corpus", sys.argv[1]])
+print(sorted(m for m in sys.modules if m.partition(".")[0] in {"torch", "lightning"}))
+"""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"data:\n  tokenizer: bpe\n  vocab_size: 350\n  data_dir: {tmp_path / 'data'}\n")
+    out = subprocess.run([sys.executable, "-c", block, str(small_corpus), str(config)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    meta = json.loads(out.stdout[: out.stdout.rindex("}") + 1])
+    assert meta["tokenizer"] == "bpe" and meta["vocab_size"] == 350 and out.stdout.endswith("[]\n")
+    assert (tmp_path / "data").is_dir()
 
 
 @pytest.mark.parametrize(

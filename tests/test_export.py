@@ -16,7 +16,7 @@ from conftest import run_rnnlm
 from rnnlm import export as export_module
 from rnnlm.errors import RnnlmError
 from rnnlm.export import export, write_export
-from rnnlm.model import RNNLM
+from rnnlm.model import RNNLM, ModelConfig
 from rnnlm.runtime import Generator, load_manifest
 from rnnlm.runtime.evaluate import bits_per_character
 from rnnlm.runtime.manifest import sha256_bytes
@@ -39,7 +39,7 @@ def save_checkpoint(path, model: RNNLM, tokenizer, steps: int = 123, val_bpc: fl
 def relu_export(char_export, tmp_path_factory):
     """A one-layer relu model exported from a checkpoint file."""
     torch.manual_seed(1)
-    model = RNNLM(char_export.tokenizer.vocab_size, hidden_size=48, nonlinearity="relu").eval()
+    model = RNNLM(ModelConfig(char_export.tokenizer.vocab_size, hidden_size=48, nonlinearity="relu")).eval()
     root = tmp_path_factory.mktemp("relu")
     checkpoint = save_checkpoint(root / "best.ckpt", model, char_export.tokenizer)
     return export(checkpoint, root / "relu"), model, checkpoint
@@ -188,7 +188,7 @@ def test_the_command_prints_one_line_errors(tmp_path):
 @pytest.mark.slow
 def test_int8_export_is_smaller_and_scores_close_to_float32(char_export, small_corpus, tmp_path):
     torch.manual_seed(0)
-    model = RNNLM(char_export.tokenizer.vocab_size, hidden_size=256).eval()
+    model = RNNLM(ModelConfig(char_export.tokenizer.vocab_size, hidden_size=256)).eval()
     checkpoint = save_checkpoint(tmp_path / "best.ckpt", model, char_export.tokenizer)
     full, int8 = export(checkpoint, tmp_path / "float32"), export(checkpoint, tmp_path / "int8", quantize="int8")
     spec = json.loads((int8 / "manifest.json").read_text())

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlm.model import RNNLM
+from rnnlm.model import RNNLM, ModelConfig
 
 V, H, B, T = 11, 8, 3, 7
 SETTINGS = [(L, f, bptt) for L in (1, 2) for f in ("tanh", "relu") for bptt in ("manual", "autograd")]
@@ -29,7 +29,7 @@ def torch_twin(model: RNNLM) -> tuple[nn.RNN, nn.Linear]:
 @pytest.mark.parametrize("num_layers,nonlinearity,bptt", SETTINGS)
 def test_outputs_and_gradients_equal_nn_rnn(num_layers, nonlinearity, bptt):
     torch.manual_seed(0)
-    model = RNNLM(V, H, num_layers, nonlinearity, bptt=bptt).double()
+    model = RNNLM(ModelConfig(V, H, num_layers, nonlinearity, bptt=bptt)).double()
     rnn, head = torch_twin(model)
     input_ids, targets = torch.randint(V, (B, T)), torch.randint(V, (B, T))
     hidden = torch.randn(num_layers, B, H, dtype=torch.float64)
@@ -57,7 +57,7 @@ def test_outputs_and_gradients_equal_nn_rnn(num_layers, nonlinearity, bptt):
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_forward_equals_t_steps(nonlinearity, bptt):
     torch.manual_seed(0)
-    model = RNNLM(V, H, 2, nonlinearity, bptt=bptt)
+    model = RNNLM(ModelConfig(V, H, 2, nonlinearity, bptt=bptt))
     input_ids, hidden = torch.randint(V, (B, T)), torch.randn(2, B, H)
     with torch.no_grad():
         logits, last_hidden, _ = model(input_ids, hidden)
@@ -71,7 +71,7 @@ def test_forward_equals_t_steps(nonlinearity, bptt):
 
 def test_loss_ignores_targets_of_minus_100():
     torch.manual_seed(0)
-    model = RNNLM(V, H)
+    model = RNNLM(ModelConfig(V, H))
     input_ids, targets = torch.randint(V, (B, T)), torch.randint(V, (B, T))
     logits, _, _ = model(input_ids)
     masked = targets.clone()

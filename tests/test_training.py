@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from rnnlm.data import RNNLMDataModule
 from rnnlm.errors import RnnlmError
-from rnnlm.model import RNNLM
+from rnnlm.model import RNNLM, ModelConfig
 from rnnlm.module import RNNLMModule
 
 
@@ -33,7 +33,7 @@ def test_a_tiny_model_learns_a_repeating_text():
     text = "the quick brown fox jumps over the lazy dog. " * 20
     vocab = sorted(set(text))
     ids = torch.tensor([vocab.index(ch) for ch in text])
-    model = RNNLM(len(vocab), hidden_size=64)
+    model = RNNLM(ModelConfig(len(vocab), hidden_size=64))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     x, y = ids[:-1].view(1, -1)[:, :800], ids[1:].view(1, -1)[:, :800]
     x, y = x.view(8, 100), y.view(8, 100)

@@ -20,6 +20,14 @@ from rnnlm.errors import RnnlmError
 from rnnlm.tokenizers import UNKNOWN_POLICIES
 
 LIGHTNING_COMMANDS = ("fit", "validate")
+# Lightning's advice that does not apply to rnnlm's loaders and folders (tests/conftest.py applies them too)
+QUIET_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*`IterableDataset` has `__len__` defined.*",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+    r".*Experiment logs directory .* exists and is not empty.*",
+)
 
 
 def lightning_main(argv: list[str] | None) -> None:
@@ -67,16 +75,24 @@ def lightning_main(argv: list[str] | None) -> None:
 
 
 def prepare_command(args: argparse.Namespace) -> None:
+    """Tokenize the corpus of a config's data: section (prepare's own defaults for what it leaves out)."""
+    import inspect
+
     import yaml
 
-    from rnnlm.data import prepare
+    from rnnlm.corpus import prepare
 
-    data = (yaml.safe_load(open(args.config)) or {}).get("data", {}) if args.config else {}
-    folder = prepare(
-        args.corpus or data.get("corpus", "shakespeare"), data.get("tokenizer", "char"),
-        data.get("vocab_size", 2000), data.get("data_dir", "data"),
-    )
-    print((folder / "meta.json").read_text())
+    data = {}
+    if args.config:
+        try:
+            data = (yaml.safe_load(open(args.config, encoding="utf-8")) or {}).get("data") or {}
+        except (OSError, yaml.YAMLError, AttributeError) as e:
+            raise RnnlmError(f"cannot read the data: section of {args.config} ({type(e).__name__}); "
+                             "give a training YAML such as configs/char.yaml") from None
+    options = {k: v for k, v in data.items() if k in inspect.signature(prepare).parameters}
+    if args.corpus:
+        options["corpus"] = args.corpus
+    print((prepare(**options) / "meta.json").read_text())
 
 
 def command_parser() -> argparse.ArgumentParser:
@@ -143,11 +159,8 @@ def deferred(module: str, function: str):
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
-    warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     try:
         if args and args[0] in LIGHTNING_COMMANDS:
             lightning_main(argv)

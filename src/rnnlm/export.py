@@ -13,9 +13,6 @@ import argparse
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rnnlm.atomic import atomic_folder
 from rnnlm.errors import RnnlmError
 from rnnlm.model import RNNLM
 from rnnlm.runtime.manifest import FORMAT, INPUTS, MANIFEST_FILE, MODEL_FILE, OUTPUTS, load_manifest, sha256_bytes
@@ -69,13 +67,10 @@ def load_checkpoint(path: str | Path) -> tuple[RNNLM, Tokenizer, dict]:
     keys = ("hyper_parameters", "state_dict", "rnnlm")
     if not isinstance(checkpoint, dict) or not all(k in checkpoint for k in keys):
         raise RnnlmError(f"{path} is not an rnnlm checkpoint (it lacks {', '.join(keys)}); {CHECKPOINT_ADVICE}")
-    h, state = checkpoint["hyper_parameters"], checkpoint["rnnlm"]
+    state = checkpoint["rnnlm"]
     try:
-        model = RNNLM(vocab_size=h["vocab_size"], hidden_size=h["hidden_size"], num_layers=h["num_layers"],
-                      nonlinearity=h["nonlinearity"])
-        weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-        model.load_state_dict(weights)
-    except (KeyError, RuntimeError, ValueError) as e:
+        model = RNNLM.from_checkpoint(checkpoint)
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise RnnlmError(f"{path} does not hold a whole RNNLM ({e}); {CHECKPOINT_ADVICE}") from None
     tokenizer = tokenizer_from_bytes(state["tokenizer"]["type"], state["tokenizer"]["data"])
     val_bpc = state.get("val_bpc")
@@ -202,9 +197,7 @@ def write_export(model: RNNLM, tokenizer: Tokenizer, out: str | Path, quantizati
 
     out = Path(out)
     _check_request(out, quantization)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_folder(out) as tmp:  # out is a whole export, the earlier one, or absent
         graph_path = tmp / MODEL_FILE
         to_onnx(model, graph_path)
         if quantization == "int8":
@@ -221,11 +214,6 @@ def write_export(model: RNNLM, tokenizer: Tokenizer, out: str | Path, quantizati
         spec = manifest(model, tokenizer, graph, tokenizer_file, quantization, checks, training or {})
         (tmp / MANIFEST_FILE).write_text(json.dumps(spec, indent=2) + "\n")
         load_manifest(tmp).read_model()  # what the runtime will read
-        _readable(tmp)
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -235,32 +223,6 @@ def _check_request(out: Path, quantization: str) -> None:
     if out.exists() and not (out / MANIFEST_FILE).is_file():
         raise RnnlmError(f"{out} exists and is not an rnnlm export (no {MANIFEST_FILE}); "
                          "choose another --out or remove it")
-
-
-def _readable(folder: Path) -> None:
-    """Give the folder and its files the usual permissions (temporary ones are private to their owner)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
-
-
-def _replace(new: Path, out: Path) -> None:
-    """Rename new to out; an existing out is moved aside first and removed only once new is in place."""
-    if not out.exists():
-        os.rename(new, out)
-        return
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-    try:
-        os.rename(out, old / out.name)
-        try:
-            os.rename(new, out)
-        except BaseException:
-            os.rename(old / out.name, out)
-            raise
-    finally:
-        shutil.rmtree(old)
 
 
 def export_command(args: argparse.Namespace) -> None:

@@ -6,6 +6,10 @@ For layer l at time t, with x(t) a token id (one-hot in the math):
     h(t) = tanh(a(t))                   or relu
     o(t) = c + V h(t)                   V: (V, H), c: (V,)
 
+The letter V names two things, as in the seed's notation: the output matrix `self.V`, and in shapes
+the vocabulary size (vocab_size). H is hidden_size, L num_layers, B the batch and T the time steps.
+The equations and the BPTT derivation are in docs/design.md.
+
 `step` is one time step and the single source of truth; `forward` runs the same
 recurrence over T steps, with the input projection U x + b done for all t at once.
 Its gradients come from the hand-written BPTT of rnnlm.bptt (bptt="manual", the default)
@@ -13,6 +17,9 @@ or from autograd through `recurrence_autograd` (bptt="autograd", the reference).
 """
 
 import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -39,37 +46,75 @@ def recurrence_autograd(a_x: torch.Tensor, h0: torch.Tensor, W: torch.Tensor, no
 RECURRENCES = {"manual": recurrence_manual, "autograd": recurrence_autograd}  # how BPTT is done; same numbers
 
 
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that makes an RNNLM: `RNNLM(ModelConfig(vocab_size, hidden_size=...))`.
+
+    The SHAPE fields define the weights' shapes: a checkpoint can only be resumed or loaded with the
+    same ones. dropout and bptt may change from run to run (bptt changes how gradients are computed,
+    not what they are). The LightningModule takes these fields as its own options (--model.hidden_size,
+    ...) and builds its model with `from_hparams`; export rebuilds a trained model the same way.
+    """
+
+    vocab_size: int  # V: the tokenizer's size (also the letter of the output matrix, V: (V, H))
+    hidden_size: int = 512  # H: units per layer
+    num_layers: int = 1  # L: stacked layers
+    nonlinearity: str = "tanh"  # f: tanh or relu
+    dropout: float = 0.0  # between layers and before the output, in training only
+    bptt: str = "manual"  # hand-written BPTT (rnnlm.bptt) or "autograd", the reference
+
+    SHAPE: ClassVar[tuple[str, ...]] = ("vocab_size", "hidden_size", "num_layers", "nonlinearity")
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"nonlinearity must be one of {sorted(NONLINEARITIES)}, got {self.nonlinearity!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
+        if self.bptt not in RECURRENCES:
+            raise ValueError(f"bptt must be one of {sorted(RECURRENCES)} (how gradients are computed), "
+                             f"got {self.bptt!r}")
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping) -> "ModelConfig":
+        """The config among a module's or a checkpoint's hyperparameters (the other keys are ignored)."""
+        return cls(**{f.name: hparams[f.name] for f in fields(cls) if f.name in hparams})
+
+    def shape(self) -> dict:
+        """The fields that define the weights' shapes."""
+        return {name: value for name, value in asdict(self).items() if name in self.SHAPE}
+
+
 class RNNLM(nn.Module):
     """A stack of vanilla RNN layers with a softmax output over the vocabulary."""
 
-    def __init__(
-        self,
-        vocab_size: int,
-        hidden_size: int = 512,
-        num_layers: int = 1,
-        nonlinearity: str = "tanh",
-        dropout: float = 0.0,
-        bptt: str = "manual",
-    ) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        if nonlinearity not in NONLINEARITIES:
-            raise ValueError(f"nonlinearity must be one of {sorted(NONLINEARITIES)}, got {nonlinearity!r}")
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
-        if bptt not in RECURRENCES:
-            raise ValueError(f"bptt must be one of {sorted(RECURRENCES)} (how gradients are computed), got {bptt!r}")
-        self.vocab_size, self.hidden_size, self.num_layers = vocab_size, hidden_size, num_layers
-        self.nonlinearity, self.bptt = nonlinearity, bptt
-        H = hidden_size
-        self.U = nn.ParameterList(
-            [nn.Parameter(torch.empty(H, vocab_size if l == 0 else H)) for l in range(num_layers)]
-        )
-        self.W = nn.ParameterList([nn.Parameter(torch.empty(H, H)) for _ in range(num_layers)])
-        self.b = nn.ParameterList([nn.Parameter(torch.zeros(H)) for _ in range(num_layers)])
-        self.V = nn.Parameter(torch.empty(vocab_size, H))
-        self.c = nn.Parameter(torch.zeros(vocab_size))
-        self.drop = nn.Dropout(dropout)
+        self.config = config
+        # shortcuts to the config, named as in the math's shape comments: V, H, L
+        self.vocab_size, self.hidden_size, self.num_layers = config.vocab_size, config.hidden_size, config.num_layers
+        self.nonlinearity, self.bptt = config.nonlinearity, config.bptt
+        V, H = config.vocab_size, config.hidden_size
+        self.U = nn.ParameterList([nn.Parameter(torch.empty(H, V if l == 0 else H)) for l in range(self.num_layers)])
+        self.W = nn.ParameterList([nn.Parameter(torch.empty(H, H)) for _ in range(self.num_layers)])
+        self.b = nn.ParameterList([nn.Parameter(torch.zeros(H)) for _ in range(self.num_layers)])
+        self.V = nn.Parameter(torch.empty(V, H))  # the output matrix V; its rows count the vocabulary, also V
+        self.c = nn.Parameter(torch.zeros(V))
+        self.drop = nn.Dropout(config.dropout)
         self.reset_parameters()
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Mapping) -> "RNNLM":
+        """The model of an `rnnlm fit` checkpoint (a dict from torch.load): its hyper_parameters give the
+        config, its state_dict's `model.*` entries the weights. Raises KeyError, ValueError or RuntimeError
+        when they do not make a whole RNNLM."""
+        model = cls(ModelConfig.from_hparams(checkpoint["hyper_parameters"]))
+        state = checkpoint["state_dict"]
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+        return model
 
     def reset_parameters(self) -> None:
         """The seed's initialisation: U, W, V uniform in [-1/sqrt(n), 1/sqrt(n)], n the fan-in; b, c zero."""

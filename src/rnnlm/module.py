@@ -14,22 +14,21 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
 from rnnlm.errors import RnnlmError
-from rnnlm.model import RNNLM
+from rnnlm.model import RNNLM, ModelConfig
 from rnnlm.tokenizers import start_token
 
 OPTIMIZERS = ("adamw", "adagrad")
-ARCHITECTURE = ("vocab_size", "hidden_size", "num_layers", "nonlinearity")
 
 
 class RNNLMModule(L.LightningModule):
     def __init__(
         self,
         vocab_size: int,
-        hidden_size: int = 512,
-        num_layers: int = 1,
-        nonlinearity: str = "tanh",
-        dropout: float = 0.0,
-        bptt: str = "manual",
+        hidden_size: int = ModelConfig.hidden_size,  # the model's fields, with ModelConfig's defaults
+        num_layers: int = ModelConfig.num_layers,
+        nonlinearity: str = ModelConfig.nonlinearity,
+        dropout: float = ModelConfig.dropout,
+        bptt: str = ModelConfig.bptt,
         optimizer: str = "adamw",
         lr: float = 2e-3,
         weight_decay: float = 0.01,
@@ -41,7 +40,10 @@ class RNNLMModule(L.LightningModule):
         if optimizer not in OPTIMIZERS:
             raise RnnlmError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)} (--model.optimizer)")
         self.save_hyperparameters()
-        self.model = RNNLM(vocab_size, hidden_size, num_layers, nonlinearity, dropout, bptt)
+        try:
+            self.model = RNNLM(ModelConfig.from_hparams(self.hparams))
+        except ValueError as e:  # its message starts with the field's name: the option to change
+            raise RnnlmError(f"--model.{e}") from None
         self.hidden: torch.Tensor | None = None  # (L, B, H), carried (detached) from batch to batch
         self.val_hidden: torch.Tensor | None = None
         self.val_nats = self.val_tokens = 0.0
@@ -160,9 +162,8 @@ class RNNLMModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint.get("hyper_parameters", {})
-        changed = [f"{k} {saved.get(k)!r} -> {self.hparams[k]!r}" for k in ARCHITECTURE
-                   if saved.get(k) != self.hparams[k]]
+        saved, now = checkpoint.get("hyper_parameters", {}), self.model.config.shape()
+        changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in ModelConfig.SHAPE if saved.get(k) != now[k]]
         if changed:
             raise RnnlmError(
                 f"the checkpoint was trained with another model ({'; '.join(changed)}); resume with the options it "

@@ -9,31 +9,20 @@ This module imports no torch: the runtime uses it too.
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
+from rnnlm.atomic import write_atomic
 from rnnlm.errors import RnnlmError
 
+SUBWORD = ("bpe", "unigram")  # sentencepiece model types
+TOKENIZERS = ("char", *SUBWORD)  # every kind: --data.tokenizer, manifest.json's tokenizer.type
 UNKNOWN_POLICIES = ("error", "drop", "replace")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to path through a temporary file and a rename, so no half-written file is left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 class Tokenizer(Protocol):
-    kind: str  # "char", "bpe" or "unigram"
+    kind: str  # one of TOKENIZERS
     filename: str  # the file `save` writes inside a folder
 
     @property
@@ -126,8 +115,8 @@ class SentencePieceTokenizer:
 
         import sentencepiece as spm
 
-        if model_type not in ("bpe", "unigram"):
-            raise RnnlmError(f"sentencepiece model_type must be 'bpe' or 'unigram', got {model_type!r}")
+        if model_type not in SUBWORD:
+            raise RnnlmError(f"sentencepiece model_type must be one of {', '.join(SUBWORD)}, got {model_type!r}")
         model = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
@@ -196,12 +185,22 @@ def start_token(tokenizer: Tokenizer) -> int:
     return ids[-1] if ids else 0
 
 
+def train_tokenizer(kind: str, vocab_size: int, chars: str, lines: Iterable[str]) -> Tokenizer:
+    """A new tokenizer of a kind: char from the corpus's characters, bpe or unigram (vocab_size
+    pieces) from the lines of the training text."""
+    if kind == CharTokenizer.kind:
+        return CharTokenizer(chars)
+    if kind in SUBWORD:
+        return SentencePieceTokenizer.train(lines, vocab_size, kind)
+    raise RnnlmError(f"unknown tokenizer {kind!r}: use one of {', '.join(TOKENIZERS)} (--data.tokenizer)")
+
+
 def tokenizer_from_bytes(kind: str, data: bytes) -> Tokenizer:
-    if kind == "char":
+    if kind == CharTokenizer.kind:
         return CharTokenizer.from_bytes(data)
-    if kind in ("bpe", "unigram"):
+    if kind in SUBWORD:
         return SentencePieceTokenizer(data)
-    raise RnnlmError(f"unknown tokenizer type {kind!r}: expected 'char', 'bpe' or 'unigram'")
+    raise RnnlmError(f"unknown tokenizer type {kind!r}: expected one of {', '.join(TOKENIZERS)}")
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:

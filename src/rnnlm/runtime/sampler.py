@@ -17,6 +17,8 @@ import numpy as np
 
 from rnnlm.errors import RnnlmError
 
+RULE = "gumbel-lowbias32/1"  # the sampling rule's name, written in every manifest (docs/sampling.md)
+
 
 @dataclass(frozen=True)
 class SamplingParams:
