@@ -1,8 +1,8 @@
 """Back-propagation through time written by hand: the recurrence of one layer as a torch.autograd.Function.
 
 Forward runs h(t) = f(a_x(t) + W h(t-1)) for t = 1..T without building a graph and keeps h(0..T).
-Backward runs the equations of DESIGN §1 from t = T down to 1, written for rows (one per batch element,
-so DESIGN's Wᵀ v is v W here), with da(t) = ∂L/∂a(t):
+Backward runs the equations of docs/design.md §1 from t = T down to 1, written for rows (one per batch element,
+so the design's Wᵀ v is v W here), with da(t) = ∂L/∂a(t):
 
     ∂L/∂h(t) = ∂L/∂h(t)|above + da(t+1) W       |above: from the output layer or the next layer; no da(T+1)
     da(t)    = f'(a(t)) ⊙ ∂L/∂h(t)             f' = 1 - h(t)² for tanh, [h(t) > 0] for relu
