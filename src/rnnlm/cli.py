@@ -2,6 +2,7 @@
 
     rnnlm fit | validate --config configs/char.yaml [--model.* --data.* --trainer.*]   (LightningCLI)
     rnnlm prepare --config configs/char.yaml [--corpus PATH]                          tokenize once
+    rnnlm plot RUN_DIR [RUN_DIR ...] [--out curves.png] [--val loss|bpc]                loss curves
     rnnlm export CKPT --out DIR [--quantize int8]                                      ONNX step + manifest
     rnnlm sample DIR [--prompt ...] | rnnlm eval DIR --text FILE                       torch-free runtime
     rnnlm serve DIR [--host 127.0.0.1 --port 8000 --api-key KEY ...]                   HTTP, OpenAI completions
@@ -14,8 +15,11 @@ import importlib
 import logging
 import os
 import sys
+import time
 import warnings
+from pathlib import Path
 
+from rnnlm.curves import VAL_METRICS
 from rnnlm.errors import RnnlmError
 from rnnlm.tokenizers import UNKNOWN_POLICIES
 
@@ -65,13 +69,31 @@ def lightning_main(argv: list[str] | None) -> None:
     checkpoints = ModelCheckpoint(
         filename="best", monitor="val/loss", mode="min", save_last=True, enable_version_counter=False
     )
-    RNNLMCLI(
+    start = time.perf_counter()
+    cli = RNNLMCLI(
         RNNLMModule,
         RNNLMDataModule,
         args=argv,
         trainer_defaults={"callbacks": [checkpoints]},
         save_config_kwargs={"overwrite": True},
     )
+    if cli.subcommand == "fit" and cli.trainer.is_global_zero:
+        end_of_fit(Path(cli.trainer.default_root_dir), time.perf_counter() - start)
+
+
+def end_of_fit(run: Path, seconds: float) -> None:
+    """Draw the run's curves.png and print what the run reached and what to do next."""
+    from rnnlm.curves import plot, read_curves, summary
+
+    curves = plot([read_curves(run)], run / "curves.png") if (run / "logs").is_dir() else None
+    print(f"\n{summary(run, seconds, curves)}")
+
+
+def plot_command(args: argparse.Namespace) -> None:
+    from rnnlm.curves import plot, read_curves
+
+    out = plot([read_curves(run) for run in args.runs], args.out, args.val)
+    print(f"wrote {out}")
 
 
 def prepare_command(args: argparse.Namespace) -> None:
@@ -105,6 +127,11 @@ def command_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a training YAML whose data: section to use")
     p.add_argument("--corpus", help="a text file or a corpus name (overrides the config)")
     p.set_defaults(run=prepare_command)
+    p = commands.add_parser("plot", help="draw the loss curves of training runs into a PNG")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders of rnnlm fit (--trainer.default_root_dir)")
+    p.add_argument("--out", default="curves.png", help="the PNG to write (default: curves.png)")
+    p.add_argument("--val", choices=VAL_METRICS, default="loss", help="the validation curve: val/loss or val/bpc")
+    p.set_defaults(run=plot_command)
     p = commands.add_parser("export", help="write a checkpoint as an ONNX step function, tokenizer and manifest")
     p.add_argument("checkpoint", help="a .ckpt file written by rnnlm fit")
     p.add_argument("--out", required=True, help="the folder to write (an earlier export there is replaced)")
