@@ -19,6 +19,8 @@ from rnnlm.errors import RnnlmError
 SUBWORD = ("bpe", "unigram")  # sentencepiece model types
 TOKENIZERS = ("char", *SUBWORD)  # every kind: --data.tokenizer, manifest.json's tokenizer.type
 UNKNOWN_POLICIES = ("error", "drop", "replace")
+VOCABULARY_FORMAT = "sentencepiece-vocab/1"  # SentencePieceTokenizer.vocabulary(), read by serve/js
+VOCABULARY_FILE = "vocab.json"
 
 
 class Tokenizer(Protocol):
@@ -160,6 +162,30 @@ class SentencePieceTokenizer:
         path = Path(directory) / self.filename
         write_atomic(path, self.model_proto)
         return path
+
+    def vocabulary(self) -> bytes:
+        """The model as JSON for runtimes without sentencepiece (serve/js), in the format VOCABULARY_FORMAT
+        that serve/js/README.md documents: its pieces in id order as [piece, score, type] and the settings
+        that encoding and decoding read. The scores are float32 values, written exactly."""
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        m = pb.ModelProto()
+        m.ParseFromString(self.model_proto)
+        types = {number: name.lower() for name, number in pb.ModelProto.SentencePiece.Type.items()}
+        normalizer = m.normalizer_spec
+        spec = {
+            "format": VOCABULARY_FORMAT,
+            "model_type": self.kind,
+            "byte_fallback": m.trainer_spec.byte_fallback,
+            "unk_surface": m.trainer_spec.unk_surface,
+            "normalizer": "identity" if not normalizer.precompiled_charsmap else normalizer.name,
+            "add_dummy_prefix": normalizer.add_dummy_prefix,
+            "remove_extra_whitespaces": normalizer.remove_extra_whitespaces,
+            "escape_whitespaces": normalizer.escape_whitespaces,
+            "treat_whitespace_as_suffix": m.trainer_spec.treat_whitespace_as_suffix,
+            "pieces": [[p.piece, p.score, types[p.type]] for p in m.pieces],
+        }
+        return json.dumps(spec, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _vocab_size_advice(message: str) -> str:
