@@ -1,6 +1,7 @@
 """`rnnlm export`: the ONNX step function against torch, the manifest, atomic writes, bad checkpoints,
 int8, and the round trip train -> export -> sample -> eval through the real command."""
 
+import copy
 import json
 import math
 import shutil
@@ -15,8 +16,9 @@ import torch.nn.functional as F
 from conftest import run_rnnlm
 from rnnlm import export as export_module
 from rnnlm.errors import RnnlmError
-from rnnlm.export import export, write_export
+from rnnlm.export import export, quantize_int8, to_onnx, write_export
 from rnnlm.model import RNNLM, ModelConfig
+from rnnlm.parity import INT8_BOUNDS, int8_agreement
 from rnnlm.runtime import Generator, load_manifest
 from rnnlm.runtime.evaluate import bits_per_character
 from rnnlm.runtime.manifest import sha256_bytes
@@ -111,19 +113,22 @@ def test_eval_bits_per_character_is_torch_cross_entropy(char_export, small_corpu
 def test_the_manifest_holds_what_a_runtime_needs(relu_export, char_export):
     folder, model, _ = relu_export
     spec = json.loads((folder / "manifest.json").read_text())
-    assert spec["format"] == "rnnlm-step/1" and spec["cell"] == "rnn_relu"
+    assert spec["format"] == "rnnlm-step/2" and spec["cell"] == "rnn_relu" and spec["sampler"] == "gumbel-lowbias32/1"
     assert (spec["vocab_size"], spec["hidden_size"], spec["num_layers"]) == (model.vocab_size, 48, 1)
     assert spec["model"]["sha256"] == sha256_bytes((folder / "model.onnx").read_bytes())
     assert spec["model"]["quantization"] == "none" and spec["model"]["parity"]["batch_sizes"] == [1, 7]
     assert spec["model"]["parity"]["max_abs_diff"]["logits"] <= spec["model"]["parity"]["tolerance"]["logits"] == 1e-5
-    assert {role: io["name"] for role, io in {**spec["inputs"], **spec["outputs"]}.items()} == {
-        "input_ids": "input_ids", "past_hidden": "past_hidden", "logits": "logits", "present_hidden": "present_hidden"}
+    assert spec["inputs"] == {"input_ids": {"name": "input_ids", "dtype": "int64", "shape": ["batch_size"]}}
+    V = model.vocab_size
+    assert spec["outputs"] == {"logits": {"name": "logits", "dtype": "float32", "shape": ["batch_size", V]}}
+    assert spec["state"] == [{"input": "past_hidden", "output": "present_hidden", "dtype": "float32",
+                              "shape": [1, "batch_size", 48]}]
     assert spec["tokenizer"]["type"] == "char" and (folder / spec["tokenizer"]["file"]).is_file()
     assert spec["generation"] == {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 200,
                                   "start_token": char_export.tokenizer.encode("\n")[0]}
     assert spec["training"] == {"val_bpc": 2.5, "steps": 123, "corpus": "corpus.txt", "corpus_sha256": "0" * 64,
                                 "checkpoint": "best.ckpt"}
-    assert load_manifest(folder).names["past_hidden"] == "past_hidden"
+    assert load_manifest(folder).state[0].input == "past_hidden"
 
 
 def test_an_export_replaces_an_earlier_one_whole(relu_export, char_export, tmp_path):
@@ -138,7 +143,7 @@ def test_a_model_failing_the_parity_check_is_not_written(char_export, tmp_path, 
     old = tmp_path / "old"
     shutil.copytree(char_export.folder, old)
     before = (old / "manifest.json").read_text()
-    monkeypatch.setattr(export_module, "tolerance", lambda quantization, logits: {"logits": -1.0, "hidden": -1.0})
+    monkeypatch.setattr("rnnlm.parity.FLOAT32_TOLERANCE", -1.0)
     for out in (tmp_path / "new", old):
         with pytest.raises(RnnlmError, match="disagrees with torch.*nothing was written"):
             write_export(char_export.model, char_export.tokenizer, out)
@@ -192,13 +197,80 @@ def test_int8_export_is_smaller_and_scores_close_to_float32(char_export, small_c
     checkpoint = save_checkpoint(tmp_path / "best.ckpt", model, char_export.tokenizer)
     full, int8 = export(checkpoint, tmp_path / "float32"), export(checkpoint, tmp_path / "int8", quantize="int8")
     spec = json.loads((int8 / "manifest.json").read_text())
-    assert spec["model"]["quantization"] == "int8" and "0.05 * max |logit|" in spec["model"]["parity"]["rule"]
+    parity = spec["model"]["parity"]
+    assert spec["model"]["quantization"] == "int8" and "mean KL(torch || int8) <= 0.01 nats" in parity["rule"]
+    assert parity["max_abs_diff"]["logits"] <= 1e-5  # the float32 graph it was quantized from
+    for measured in (parity["int8"]["random_states"], parity["int8"]["own_text"]):
+        assert measured["kl_mean"] <= 0.01 and measured["top1_agreement"] >= 0.9 and measured["states"] >= 512
     assert (int8 / "model.onnx").stat().st_size < 0.4 * (full / "model.onnx").stat().st_size
     text = small_corpus.read_text()[:5000]
     bpc = [bits_per_character(Generator.load(folder), text).bpc for folder in (full, int8)]
     assert abs(bpc[1] - bpc[0]) < 0.02
     with pytest.raises(RnnlmError, match="unknown quantization 'int4'"):
         export(checkpoint, tmp_path / "int4", quantize="int4")
+
+
+def trained_like(model: RNNLM) -> RNNLM:
+    """Weights grown as training grows them: peaked next-token distributions (entropy ~1 nat, not log V)."""
+    with torch.no_grad():
+        model.U[0].mul_(16)
+        for W in model.W:
+            W.mul_(1.5)
+        model.V.mul_(8)
+    return model
+
+
+def int8_graph(model: RNNLM, folder) -> bytes:
+    to_onnx(model, folder / "float32.onnx")
+    quantize_int8(folder / "float32.onnx", folder / "int8.onnx")
+    return (folder / "int8.onnx").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("V, H, L, seed, trained", [(65, 32, 2, 0, False), (350, 256, 1, 1, False),
+                                                    (65, 512, 1, 2, True), (350, 128, 2, 3, True)])
+def test_int8_next_token_distributions_agree_with_torch_for_models_of_several_sizes(tmp_path, V, H, L, seed, trained):
+    torch.manual_seed(seed)
+    model = RNNLM(ModelConfig(V, hidden_size=H, num_layers=L)).eval()
+    model = trained_like(model) if trained else model
+    measured = int8_agreement(model, int8_graph(model, tmp_path))  # raises when a bound is broken
+    for name in ("random_states", "own_text"):
+        assert measured[name]["kl_mean"] < INT8_BOUNDS["kl_mean"] / 3  # well within the bound
+        assert measured[name]["top1_agreement"] >= 0.95
+
+
+def break_weights(model: RNNLM, how: str) -> RNNLM:
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        if how == "W zeroed":
+            broken.W[0].zero_()
+        elif how == "V scaled by 1.5":
+            broken.V.mul_(1.5)
+        elif how == "V scaled by 0.8":
+            broken.V.mul_(0.8)
+        elif how == "a row of V zeroed":
+            broken.V[int(model.V.norm(dim=1).argmax())].zero_()
+    return broken
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["W zeroed", "V scaled by 1.5", "V scaled by 0.8", "a row of V zeroed"])
+def test_a_broken_int8_graph_fails_the_check(tmp_path, how):
+    torch.manual_seed(4)
+    model = trained_like(RNNLM(ModelConfig(65, hidden_size=128)).eval())
+    with pytest.raises(RnnlmError, match="int8 graph's next-token distributions stray from torch's"):
+        int8_agreement(model, int8_graph(break_weights(model, how), tmp_path))
+
+
+@pytest.mark.slow
+def test_an_int8_export_whose_graph_is_broken_is_not_written(char_export, tmp_path, monkeypatch):
+    torch.manual_seed(5)
+    model = trained_like(RNNLM(ModelConfig(char_export.tokenizer.vocab_size, hidden_size=64)).eval())
+    to_onnx(break_weights(model, "W zeroed"), tmp_path / "broken.onnx")
+    monkeypatch.setattr(export_module, "quantize_int8", lambda src, dst: quantize_int8(tmp_path / "broken.onnx", dst))
+    with pytest.raises(RnnlmError, match="stray from torch's on random states.*nothing was written"):
+        write_export(model, char_export.tokenizer, tmp_path / "out", "int8")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
