@@ -1,7 +1,5 @@
-"""The torch-free runtime: manifest checks, sampler, generation, batched stepping, bad input."""
+"""The torch-free runtime: sampler, generation, batched stepping, bad input (the manifest: test_manifest.py)."""
 
-import json
-import shutil
 import subprocess
 import sys
 
@@ -205,39 +203,3 @@ def test_unknown_prompt_characters_are_named_or_dropped_or_replaced(gen):
     with pytest.raises(RnnlmError, match="unknown must be one of"):
         gen.generate("hello", unknown="ignore")
 
-
-def broken_copy(char_export, tmp_path, edit_manifest=None, edit_model=None):
-    folder = tmp_path / "broken"
-    shutil.copytree(char_export.folder, folder)
-    if edit_manifest:
-        spec = json.loads((folder / "manifest.json").read_text())
-        edit_manifest(spec)
-        (folder / "manifest.json").write_text(json.dumps(spec))
-    if edit_model:
-        model = folder / "model.onnx"
-        model.write_bytes(edit_model(model.read_bytes()))
-    return folder
-
-
-@pytest.mark.parametrize("edit_manifest, edit_model, message", [
-    (None, lambda b: b[: len(b) // 2], "model.onnx does not match the sha256 in its manifest"),
-    (None, lambda b: b[:100] + bytes([b[100] ^ 1]) + b[101:], "does not match the sha256"),
-    (lambda m: m.update(format="rnnlm-step/2"), None, "format 'rnnlm-step/2', but this runtime reads 'rnnlm-step/1'"),
-    (lambda m: m.pop("format"), None, "has format None"),
-    (lambda m: m["model"].update(file="../char/model.onnx"), None, "lies outside"),
-    (lambda m: m["tokenizer"].update(file="/etc/hostname"), None, "lies outside"),
-    (lambda m: m["model"].update(file="missing.onnx"), None, "does not exist"),
-    (lambda m: m["generation"].pop("start_token"), None, "lacks a valid generation.start_token"),
-    (lambda m: m["inputs"]["past_hidden"].update(name="h0"), None, "lacks the I/O its manifest names"),
-])
-def test_a_damaged_export_is_refused_with_a_clear_error(char_export, tmp_path, edit_manifest, edit_model, message):
-    folder = broken_copy(char_export, tmp_path, edit_manifest, edit_model)
-    with pytest.raises(RnnlmError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        Generator.load(folder)
-
-
-def test_a_folder_without_manifest_is_not_an_export(tmp_path):
-    with pytest.raises(RnnlmError, match="is not an rnnlm export: it has no manifest.json"):
-        Generator.load(tmp_path)
-    with pytest.raises(RnnlmError, match="no exported model at"):
-        Generator.load(tmp_path / "absent")

@@ -14,13 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from rnnlm.errors import RnnlmError
-from rnnlm.runtime.manifest import Manifest, load_manifest
+from rnnlm.runtime.manifest import MAX_NEW_TOKENS_CAP, Manifest, load_manifest
 from rnnlm.runtime.sampler import SamplingParams, sample
 from rnnlm.runtime.sequence import Sequence
 from rnnlm.runtime.session import StepSession
-from rnnlm.tokenizers import UNKNOWN_POLICIES, Tokenizer, tokenizer_from_bytes
-
-MAX_NEW_TOKENS_CAP = 10_000
+from rnnlm.tokenizers import UNKNOWN_POLICIES, Tokenizer
 
 
 class Generator:
@@ -34,19 +32,18 @@ class Generator:
         self.manifest, self.session, self.tokenizer = manifest, session, tokenizer
         self.max_new_tokens_cap = max_new_tokens_cap
         self.start_token = manifest.generation["start_token"]
-        g = manifest.generation
-        self.defaults = SamplingParams(g["temperature"], g["top_k"], g["top_p"], g["max_new_tokens"])
+        g = manifest.generation  # checked by load_manifest as a request is; its length is kept within the cap
+        self.defaults = SamplingParams(g["temperature"], g["top_k"], g["top_p"],
+                                       min(g["max_new_tokens"], max_new_tokens_cap)).check(max_new_tokens_cap)
 
     @classmethod
     def load(cls, path: str | Path, threads: int | None = None,
              max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP) -> "Generator":
-        """Check the manifest and the sha256 of its files, then open one onnxruntime session
-        (threads: its intra-op thread count; None lets onnxruntime choose)."""
+        """Check the manifest, the sha256 of its files, the tokenizer against its type and the graph
+        against the manifest, then open one onnxruntime session (threads: its intra-op thread count;
+        None lets onnxruntime choose). A bad folder raises one RnnlmError here, never later."""
         manifest = load_manifest(path)
-        tokenizer = tokenizer_from_bytes(manifest.tokenizer_type, manifest.read_tokenizer())
-        if tokenizer.vocab_size != manifest.vocab_size:
-            raise RnnlmError(f"the tokenizer in {path} has {tokenizer.vocab_size} tokens but the model "
-                             f"{manifest.vocab_size}; re-export it with `rnnlm export CKPT --out DIR`")
+        tokenizer = manifest.load_tokenizer()
         return cls(manifest, StepSession(manifest.read_model(), manifest, threads), tokenizer, max_new_tokens_cap)
 
     # ------------------------------------------------------------------------- the engine
