@@ -37,7 +37,7 @@ def gradients(model: RNNLM, input_ids, targets, hidden=None) -> dict[str, torch.
     model.zero_grad()
     if hidden is not None:
         hidden = hidden.clone().requires_grad_()
-    _, last_hidden, loss = model(input_ids, hidden, targets)
+    _, (last_hidden,), loss = model(input_ids, None if hidden is None else (hidden,), targets)
     (loss + last_hidden.square().sum()).backward()  # the last state feeds the loss too, as in the next window
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     if hidden is not None:
@@ -67,11 +67,11 @@ def loss_curve(bptt: str, steps: int = 30) -> list[float]:
     model = RNNLM(ModelConfig(V, 16, 2, bptt=bptt))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     stream = torch.randint(V, (B, steps * T + 1))  # B streams, consumed T tokens per step
-    hidden, losses = None, []
+    state, losses = None, []
     for k in range(steps):
         window = stream[:, k * T : (k + 1) * T + 1]
-        _, hidden, loss = model(window[:, :-1], hidden, window[:, 1:])
-        hidden = hidden.detach()
+        _, state, loss = model(window[:, :-1], state, window[:, 1:])
+        state = tuple(s.detach() for s in state)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -34,7 +34,7 @@ def test_outputs_and_gradients_equal_nn_rnn(num_layers, nonlinearity, bptt):
     input_ids, targets = torch.randint(V, (B, T)), torch.randint(V, (B, T))
     hidden = torch.randn(num_layers, B, H, dtype=torch.float64)
 
-    logits, last_hidden, loss = model(input_ids, hidden, targets)
+    logits, (last_hidden,), loss = model(input_ids, (hidden,), targets)
     x = F.one_hot(input_ids.t(), V).double()  # (T, B, V): the one-hot x(t) of the math
     hs, twin_hidden = rnn(x, hidden)  # (T, B, H), (L, B, H)
     twin_logits = head(hs).transpose(0, 1)  # (B, T, V)
@@ -60,7 +60,7 @@ def test_forward_equals_t_steps(nonlinearity, bptt):
     model = RNNLM(ModelConfig(V, H, 2, nonlinearity, bptt=bptt))
     input_ids, hidden = torch.randint(V, (B, T)), torch.randn(2, B, H)
     with torch.no_grad():
-        logits, last_hidden, _ = model(input_ids, hidden)
+        logits, (last_hidden,), _ = model(input_ids, (hidden,))
         step_hidden, step_logits = hidden, []
         for t in range(T):
             logits_t, step_hidden = model.step(input_ids[:, t], step_hidden)  # (B, V), (L, B, H)

@@ -50,36 +50,44 @@ class Recorder(Callback):
         self.before, self.after, self.batches, self.losses, self.expected = [], [], [], [], []
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self.before.append(None if module.hidden is None else module.hidden.clone())
+        self.before.append(None if module.state is None else tuple(s.clone() for s in module.state))
         self.batches.append(batch)
         with torch.no_grad():  # the state this batch should carry on, from the weights it sees
-            self.expected.append(module.model(batch[0], module.hidden)[1])
+            self.expected.append(module.model(batch[0], module.state)[1])
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.after.append(module.hidden.clone())
+        self.after.append(tuple(s.clone() for s in module.state))
         self.losses.append(outputs["loss"].item())
 
 
-def test_the_hidden_state_is_carried_detached_across_batches(small_corpus, tmp_path):
+def equal(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_the_state_is_carried_detached_across_batches(cell, small_corpus, tmp_path):
     rec = Recorder()
-    fit(small_corpus, tmp_path, max_steps=3, callbacks=[rec])
+    fit(small_corpus, tmp_path, max_steps=3, callbacks=[rec], cell=cell)
     assert rec.before[0] is None  # the epoch starts from the zero state
+    assert len(rec.after[0]) == {"rnn": 1, "lstm": 2}[cell]  # (h,) or (h, c)
     for k in (1, 2):
-        assert torch.equal(rec.before[k], rec.after[k - 1])
-        assert not rec.after[k].requires_grad
+        assert equal(rec.before[k], rec.after[k - 1])
+        assert not any(s.requires_grad for s in rec.after[k])
     for expected, after in zip(rec.expected, rec.after, strict=True):
-        assert torch.allclose(expected, after, atol=1e-6)
+        for x, y in zip(expected, after, strict=True):
+            assert torch.allclose(x, y, atol=1e-6)
 
 
-def test_resume_continues_exactly_where_it_stopped(small_corpus, tmp_path):
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_resume_continues_exactly_where_it_stopped(cell, small_corpus, tmp_path):
     straight = Recorder()
-    _, full = fit(small_corpus, tmp_path / "a", max_steps=20, callbacks=[straight])
+    _, full = fit(small_corpus, tmp_path / "a", max_steps=20, callbacks=[straight], cell=cell)
     resumed = Recorder()
-    trainer, module = fit(small_corpus, tmp_path / "b", max_steps=20, callbacks=[resumed],
+    trainer, module = fit(small_corpus, tmp_path / "b", max_steps=20, callbacks=[resumed], cell=cell,
                           ckpt_path=tmp_path / "a" / "ckpt" / "step=10.ckpt")
     assert trainer.global_step == 20 and len(resumed.losses) == 10
     assert torch.equal(resumed.batches[0][0], straight.batches[10][0])  # the same next batch
-    assert torch.equal(resumed.before[0], straight.after[9])  # the carried state came back too
+    assert equal(resumed.before[0], straight.after[9])  # the carried state came back too: h, and the LSTM's c
     assert resumed.losses == pytest.approx(straight.losses[10:], rel=1e-5)
     for (name, p), q in zip(full.named_parameters(), module.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6), name  # same optimiser state, same schedule
@@ -107,3 +115,16 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_corpus
     last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 10
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+def test_a_checkpoint_from_before_the_state_was_a_tuple_resumes(small_corpus, tmp_path):
+    """Such a checkpoint holds the carried h as "hidden" (one tensor) and no cell in its hyperparameters."""
+    straight = Recorder()
+    fit(small_corpus, tmp_path / "a", max_steps=10, callbacks=[straight])
+    checkpoint = torch.load(tmp_path / "a" / "ckpt" / "step=10.ckpt", weights_only=False)
+    checkpoint["rnnlm"]["hidden"] = checkpoint["rnnlm"].pop("state")[0]
+    del checkpoint["hyper_parameters"]["cell"]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    resumed = Recorder()
+    fit(small_corpus, tmp_path / "b", max_steps=11, callbacks=[resumed], ckpt_path=tmp_path / "old.ckpt")
+    assert equal(resumed.before[0], straight.after[9])

@@ -1,19 +1,20 @@
-"""The recurrent language model, written from its equations (no nn.RNN).
+"""The recurrent language model, written from its equations (no nn.RNN, nn.GRU or nn.LSTM).
 
-For layer l at time t, with x(t) a token id (one-hot in the math):
+For layer l at time t, with x(t) a token id (one-hot in the math), the vanilla cell (cell="rnn"):
 
     a(t) = b + U x(t) + W h(t-1)        U: (H, V) or (H, H) above layer 0, W: (H, H), b: (H,)
     h(t) = tanh(a(t))                   or relu
     o(t) = c + V h(t)                   V: (V, H), c: (V,)
 
-The letter V names two things, as in the seed's notation: the output matrix `self.V`, and in shapes
-the vocabulary size (vocab_size). H is hidden_size, L num_layers, B the batch and T the time steps.
-The equations and the BPTT derivation are in docs/design.md.
+or a gated cell (cell="gru" or "lstm", rnnlm.gated) in place of the first two lines. The letter V names two
+things, as in the seed's notation: the output matrix `self.V`, and in shapes the vocabulary size (vocab_size).
+H is hidden_size, L num_layers, B the batch and T the time steps. The equations and the BPTT derivation are in
+docs/design.md.
 
-`step` is one time step and the single source of truth; `forward` runs the same
-recurrence over T steps, with the input projection U x + b done for all t at once.
-Its gradients come from the hand-written BPTT of rnnlm.bptt (bptt="manual", the default)
-or from autograd through `recurrence_autograd` (bptt="autograd", the reference).
+The state is a tuple of (L, B, H) tensors, one per name in `state_names`: (h,) for rnn and gru, (h, c) for
+lstm. `step` is one time step and the single source of truth; `forward` runs the same recurrence over T steps,
+with the input projection U x + b done for all t at once. Its gradients come from the hand-written BPTT of
+rnnlm.bptt and rnnlm.gated (bptt="manual", the default) or from autograd (bptt="autograd", the reference).
 """
 
 import math
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlm.bptt import recurrence_manual
+from rnnlm.gated import LAYERS
 
 NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
 
@@ -44,6 +46,7 @@ def recurrence_autograd(a_x: torch.Tensor, h0: torch.Tensor, W: torch.Tensor, no
 
 
 RECURRENCES = {"manual": recurrence_manual, "autograd": recurrence_autograd}  # how BPTT is done; same numbers
+CELLS = ("rnn", *LAYERS)  # the vanilla cell, then the gated ones
 
 
 @dataclass(frozen=True)
@@ -59,11 +62,12 @@ class ModelConfig:
     vocab_size: int  # V: the tokenizer's size (also the letter of the output matrix, V: (V, H))
     hidden_size: int = 512  # H: units per layer
     num_layers: int = 1  # L: stacked layers
-    nonlinearity: str = "tanh"  # f: tanh or relu
+    nonlinearity: str = "tanh"  # f: tanh or relu, of the rnn cell (the gated cells have their own)
+    cell: str = "rnn"  # rnn (the vanilla cell), gru or lstm
     dropout: float = 0.0  # between layers and before the output, in training only
     bptt: str = "manual"  # hand-written BPTT (rnnlm.bptt) or "autograd", the reference
 
-    SHAPE: ClassVar[tuple[str, ...]] = ("vocab_size", "hidden_size", "num_layers", "nonlinearity")
+    SHAPE: ClassVar[tuple[str, ...]] = ("vocab_size", "hidden_size", "num_layers", "nonlinearity", "cell")
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_layers"):
@@ -72,6 +76,11 @@ class ModelConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity must be one of {sorted(NONLINEARITIES)}, got {self.nonlinearity!r}")
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {list(CELLS)}, got {self.cell!r}")
+        if self.cell != "rnn" and self.nonlinearity != ModelConfig.nonlinearity:
+            raise ValueError(f"nonlinearity {self.nonlinearity!r} is for cell rnn only: the {self.cell} cell has its "
+                             f"own (sigmoid gates, tanh candidate); leave it at {ModelConfig.nonlinearity!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
         if self.bptt not in RECURRENCES:
@@ -89,7 +98,11 @@ class ModelConfig:
 
 
 class RNNLM(nn.Module):
-    """A stack of vanilla RNN layers with a softmax output over the vocabulary."""
+    """A stack of recurrent layers (vanilla, GRU or LSTM) with a softmax output over the vocabulary.
+
+    The vanilla cell's weights are U, W, b (lists over layers) as in the seed; a gated cell's are in
+    `layers`, one rnnlm.gated layer each, with per-gate names (layers.0.U_r, ...).
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -98,9 +111,16 @@ class RNNLM(nn.Module):
         self.vocab_size, self.hidden_size, self.num_layers = config.vocab_size, config.hidden_size, config.num_layers
         self.nonlinearity, self.bptt = config.nonlinearity, config.bptt
         V, H = config.vocab_size, config.hidden_size
-        self.U = nn.ParameterList([nn.Parameter(torch.empty(H, V if l == 0 else H)) for l in range(self.num_layers)])
-        self.W = nn.ParameterList([nn.Parameter(torch.empty(H, H)) for _ in range(self.num_layers)])
-        self.b = nn.ParameterList([nn.Parameter(torch.zeros(H)) for _ in range(self.num_layers)])
+        if config.cell == "rnn":
+            L = self.num_layers
+            self.U = nn.ParameterList([nn.Parameter(torch.empty(H, V if l == 0 else H)) for l in range(L)])
+            self.W = nn.ParameterList([nn.Parameter(torch.empty(H, H)) for _ in range(L)])
+            self.b = nn.ParameterList([nn.Parameter(torch.zeros(H)) for _ in range(L)])
+            self.state_names: tuple[str, ...] = ("hidden",)
+        else:
+            Layer = LAYERS[config.cell]
+            self.layers = nn.ModuleList([Layer(V if l == 0 else H, H) for l in range(self.num_layers)])
+            self.state_names = Layer.STATE
         self.V = nn.Parameter(torch.empty(V, H))  # the output matrix V; its rows count the vocabulary, also V
         self.c = nn.Parameter(torch.zeros(V))
         self.drop = nn.Dropout(config.dropout)
@@ -117,52 +137,78 @@ class RNNLM(nn.Module):
         return model
 
     def reset_parameters(self) -> None:
-        """The seed's initialisation: U, W, V uniform in [-1/sqrt(n), 1/sqrt(n)], n the fan-in; b, c zero."""
-        for weight in [*self.U, *self.W, self.V]:
+        """The seed's initialisation: U, W, V uniform in [-1/sqrt(n), 1/sqrt(n)], n the fan-in; b, c zero.
+        A gated layer does the same for its gates (and sets the LSTM's b_f to 1) in its own constructor."""
+        matrices = [*self.U, *self.W, self.V] if self.config.cell == "rnn" else [self.V]
+        for weight in matrices:
             bound = 1.0 / math.sqrt(weight.shape[1])
             nn.init.uniform_(weight, -bound, bound)
-        for bias in [*self.b, self.c]:
+        for bias in [*self.b, self.c] if self.config.cell == "rnn" else [self.c]:
             nn.init.zeros_(bias)
 
     def init_hidden(self, batch_size: int) -> torch.Tensor:
+        """A zero state tensor: (L, B, H)."""
         return torch.zeros(self.num_layers, batch_size, self.hidden_size, device=self.V.device, dtype=self.V.dtype)
 
+    def init_state(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """The zero state: one (L, B, H) tensor per name in state_names."""
+        return tuple(self.init_hidden(batch_size) for _ in self.state_names)
+
     def input_projection(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        """U x + b: a column lookup for token ids at layer 0, a matmul above it."""
+        """U x + b of the vanilla cell: a column lookup for token ids at layer 0, a matmul above it."""
         if layer == 0:
             return F.embedding(x, self.U[0].t()) + self.b[0]  # (..., H)
         return F.linear(x, self.U[layer], self.b[layer])  # (..., H)
 
-    def step(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One time step. input_ids: (B,), hidden: (L, B, H) -> logits (B, V), hidden (L, B, H)."""
+    def layer_step(self, l: int, x: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """One step of layer l: x (B,) ids or (B, H), its state (h(t-1), ...) -> (h(t), ...), each (B, H)."""
+        if self.config.cell != "rnn":
+            return self.layers[l].step(x, state)
         f = NONLINEARITIES[self.nonlinearity]
-        x, next_hidden = input_ids, []
+        return (f(self.input_projection(l, x) + F.linear(state[0], self.W[l])),)  # (B, H)
+
+    def layer_forward(self, l: int, x: torch.Tensor, state: tuple[torch.Tensor, ...]):
+        """T steps of layer l: x (T, B) ids or (T, B, H), its state (h(0), ...) -> h (T, B, H), (h(T), ...)."""
+        if self.config.cell != "rnn":
+            return self.layers[l](x, state, self.bptt)
+        a_x = self.input_projection(l, x)  # (T, B, H), one batched op for all t
+        hs = RECURRENCES[self.bptt](a_x, state[0], self.W[l], self.nonlinearity)  # (T, B, H)
+        return hs, (hs[-1],)
+
+    def step(self, input_ids: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One time step. input_ids: (B,), then the state, one (L, B, H) tensor per name in state_names
+        -> logits (B, V), then the next state likewise: `logits, h = step(ids, h)` for rnn and gru,
+        `logits, h, c = step(ids, h, c)` for lstm (one argument per state tensor, as an exported step has)."""
+        x, next_state = input_ids, []
         for l in range(self.num_layers):
-            h = f(self.input_projection(l, x) + F.linear(hidden[l], self.W[l]))  # (B, H)
-            next_hidden.append(h)
-            x = self.drop(h)
+            layer_state = self.layer_step(l, x, tuple(s[l] for s in state))  # (B, H) each
+            next_state.append(layer_state)
+            x = self.drop(layer_state[0])  # h: (B, H)
         logits = F.linear(x, self.V, self.c)  # (B, V)
-        return logits, torch.stack(next_hidden)
+        return logits, *(torch.stack(s) for s in zip(*next_state, strict=True))  # (L, B, H) each
 
     def forward(
-        self, input_ids: torch.Tensor, hidden: torch.Tensor | None = None, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """T steps at once. input_ids: (B, T), hidden: (L, B, H) or None, targets: (B, T) or None.
+        self,
+        input_ids: torch.Tensor,
+        state: tuple[torch.Tensor, ...] | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor | None]:
+        """T steps at once. input_ids: (B, T), state: a tuple of (L, B, H) as init_state's, or None (zeros),
+        targets: (B, T) or None.
 
-        Returns logits (B, T, V), the last hidden state (L, B, H), and the mean cross-entropy
-        over targets (positions with target -100 are ignored) when targets are given.
+        Returns logits (B, T, V), the last state (a tuple like `state`), and the mean cross-entropy over
+        targets (positions with target -100 are ignored) when targets are given.
         """
-        B = input_ids.shape[0]
-        if hidden is None:
-            hidden = self.init_hidden(B)
-        x, last_hidden = input_ids.t(), []  # (T, B): time-major, so each step reads a contiguous (B, H) slice
+        if state is None:
+            state = self.init_state(input_ids.shape[0])
+        x, last_state = input_ids.t(), []  # (T, B): time-major, so each step reads a contiguous (B, H) slice
         for l in range(self.num_layers):
-            a_x = self.input_projection(l, x)  # (T, B, H), one batched op for all t
-            hs = RECURRENCES[self.bptt](a_x, hidden[l], self.W[l], self.nonlinearity)  # (T, B, H)
-            last_hidden.append(hs[-1])
+            hs, layer_state = self.layer_forward(l, x, tuple(s[l] for s in state))  # (T, B, H), (B, H) each
+            last_state.append(layer_state)
             x = self.drop(hs)
         logits = F.linear(x, self.V, self.c)  # (T, B, V): still time-major, so no (T, B, H) copy either way
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.t().flatten(), ignore_index=-100)
-        return logits.transpose(0, 1), torch.stack(last_hidden), loss  # logits as a (B, T, V) view
+        last = tuple(torch.stack(s) for s in zip(*last_state, strict=True))  # one (L, B, H) per state tensor
+        return logits.transpose(0, 1), last, loss  # logits as a (B, T, V) view

@@ -1,12 +1,15 @@
-"""The LightningModule: RNNLM trained by truncated BPTT with the hidden state carried across batches.
+"""The LightningModule: RNNLM trained by truncated BPTT with its state carried across batches.
 
-Logs train/loss and val/loss (nats per token) and val/bpc (bits per character of the validation
-text, so char and subword models compare), prints a short sample at each validation, and keeps
-in every checkpoint what export needs: the tokenizer, the corpus and the carried hidden state.
+The state is the model's tuple of (L, B, H) tensors: (h,) for rnn and gru, (h, c) for lstm; all of it is
+carried (detached) from batch to batch and reset at each epoch. Logs train/loss and val/loss (nats per
+token) and val/bpc (bits per character of the validation text, so char and subword models compare),
+prints a short sample at each validation, and keeps in every checkpoint what export and exact resume
+need: the tokenizer, the corpus and the carried state.
 """
 
 import math
 import time
+from dataclasses import fields
 
 import lightning as L
 import torch
@@ -18,6 +21,7 @@ from rnnlm.model import RNNLM, ModelConfig
 from rnnlm.tokenizers import start_token
 
 OPTIMIZERS = ("adamw", "adagrad")
+DEFAULTS = {f.name: f.default for f in fields(ModelConfig)}  # of a checkpoint saved before a field existed
 
 
 class RNNLMModule(L.LightningModule):
@@ -27,6 +31,7 @@ class RNNLMModule(L.LightningModule):
         hidden_size: int = ModelConfig.hidden_size,  # the model's fields, with ModelConfig's defaults
         num_layers: int = ModelConfig.num_layers,
         nonlinearity: str = ModelConfig.nonlinearity,
+        cell: str = ModelConfig.cell,
         dropout: float = ModelConfig.dropout,
         bptt: str = ModelConfig.bptt,
         optimizer: str = "adamw",
@@ -44,34 +49,35 @@ class RNNLMModule(L.LightningModule):
             self.model = RNNLM(ModelConfig.from_hparams(self.hparams))
         except ValueError as e:  # its message starts with the field's name: the option to change
             raise RnnlmError(f"--model.{e}") from None
-        self.hidden: torch.Tensor | None = None  # (L, B, H), carried (detached) from batch to batch
-        self.val_hidden: torch.Tensor | None = None
+        self.state: tuple[torch.Tensor, ...] | None = None  # (L, B, H) each, carried (detached) across batches
+        self.val_state: tuple[torch.Tensor, ...] | None = None
         self.val_nats = self.val_tokens = 0.0
         self.last_val_bpc = float("nan")
         self._clock: tuple[float, int] | None = None
 
-    def forward(self, input_ids: torch.Tensor, hidden: torch.Tensor | None = None, targets: torch.Tensor | None = None):
-        return self.model(input_ids, hidden, targets)
+    def forward(self, input_ids: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None,
+                targets: torch.Tensor | None = None):
+        return self.model(input_ids, state, targets)
 
     # ------------------------------------------------------------------------- training
 
     def on_train_epoch_start(self) -> None:
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        if 0 < done < self.trainer.num_training_batches and self.hidden is not None:  # resumed mid-epoch
-            self.hidden = self.hidden.to(self.device)
+        if 0 < done < self.trainer.num_training_batches and self.state is not None:  # resumed mid-epoch
+            self.state = tuple(s.to(self.device) for s in self.state)
         else:  # a new epoch starts from the zero state
-            self.hidden = None
+            self.state = None
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch  # (B, T) each
-        _, hidden, loss = self.model(x, self.hidden, y)
+        _, state, loss = self.model(x, self.state, y)
         if not torch.isfinite(loss):
             raise RnnlmError(
                 f"the training loss became {loss.item()} at step {self.global_step}; training stopped and the last "
                 "good checkpoint is kept; lower --model.lr or set --trainer.gradient_clip_val, then resume with "
                 "--ckpt_path last"
             )
-        self.hidden = hidden.detach()
+        self.state = tuple(s.detach() for s in state)
         self.log("train/loss", loss, prog_bar=True)
         self.log_throughput(x.numel())
         return loss
@@ -85,13 +91,13 @@ class RNNLMModule(L.LightningModule):
     # ------------------------------------------------------------------------- validation
 
     def on_validation_epoch_start(self) -> None:
-        self.val_hidden = None
+        self.val_state = None
         self.val_nats = self.val_tokens = 0.0
         self._clock = None
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits, self.val_hidden, _ = self.model(x, self.val_hidden)
+        logits, self.val_state, _ = self.model(x, self.val_state)
         self.val_nats += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
         self.val_tokens += (y != -100).sum()
 
@@ -114,15 +120,15 @@ class RNNLMModule(L.LightningModule):
         """Tokens drawn from the model after the prompt, one step at a time (O(1) per token)."""
         was_training, generator = self.training, torch.Generator(device="cpu").manual_seed(seed)
         self.eval()
-        hidden = self.model.init_hidden(1)
+        state = self.model.init_state(1)
         for token in prompt_ids:
-            logits, hidden = self.model.step(torch.tensor([token], device=self.device), hidden)
+            logits, *state = self.model.step(torch.tensor([token], device=self.device), *state)
         out = []
         for _ in range(max_new_tokens):
             probs = torch.softmax(logits[0].float().cpu() / temperature, dim=-1)
             token = int(torch.multinomial(probs, 1, generator=generator))
             out.append(token)
-            logits, hidden = self.model.step(torch.tensor([token], device=self.device), hidden)
+            logits, *state = self.model.step(torch.tensor([token], device=self.device), *state)
         self.train(was_training)
         return out
 
@@ -158,26 +164,31 @@ class RNNLMModule(L.LightningModule):
             "corpus": meta["corpus"],
             "corpus_sha256": meta["sha256"],
             "val_bpc": self.last_val_bpc,
-            "hidden": self.all_gather(self.hidden).cpu() if self.hidden is not None else None,  # (world, L, B, H)
+            # the carried state of every rank, in state_names order: (world, L, B, H) each
+            "state": [self.all_gather(s).cpu() for s in self.state] if self.state is not None else None,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved, now = checkpoint.get("hyper_parameters", {}), self.model.config.shape()
-        changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in ModelConfig.SHAPE if saved.get(k) != now[k]]
+        saved = {k: saved.get(k, DEFAULTS.get(k)) for k in ModelConfig.SHAPE}  # a field added later: its default
+        changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in ModelConfig.SHAPE if saved[k] != now[k]]
         if changed:
             raise RnnlmError(
                 f"the checkpoint was trained with another model ({'; '.join(changed)}); resume with the options it "
                 "was trained with, or start a new run in another --trainer.default_root_dir"
             )
-        state = checkpoint.get("rnnlm", {})
+        facts = checkpoint.get("rnnlm", {})
         datamodule = self.trainer.datamodule if self._trainer is not None else None
-        tokenizer = state.get("tokenizer", {}).get("data")
+        tokenizer = facts.get("tokenizer", {}).get("data")
         if datamodule is not None and tokenizer is not None and tokenizer != datamodule.tokenizer.to_bytes():
             raise RnnlmError(
                 "the checkpoint was trained with another tokenizer or corpus than --data gives now; resume with the "
                 "same --data.corpus and --data.tokenizer, or start a new run in another --trainer.default_root_dir"
             )
-        hidden, world = state.get("hidden"), self.trainer.world_size if self._trainer is not None else 1
-        if hidden is not None and hidden.dim() == 3:  # all_gather adds no dim in a single process
-            hidden = hidden[None]
-        self.hidden = hidden[self.global_rank] if hidden is not None and hidden.shape[0] == world else None
+        carried = facts.get("state")
+        if carried is None and facts.get("hidden") is not None:  # saved before the state was a tuple: h alone
+            carried = [facts["hidden"]]
+        world = self.trainer.world_size if self._trainer is not None else 1
+        carried = [s[None] if s.dim() == 3 else s for s in carried or ()]  # all_gather adds no dim in one process
+        whole = len(carried) == len(self.model.state_names) and all(s.shape[0] == world for s in carried)
+        self.state = tuple(s[self.global_rank] for s in carried) if whole else None
