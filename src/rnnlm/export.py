@@ -41,7 +41,7 @@ from rnnlm.runtime.manifest import (
     sha256_bytes,
 )
 from rnnlm.runtime.sampler import RULE, SamplingParams
-from rnnlm.tokenizers import Tokenizer, start_token, tokenizer_from_bytes
+from rnnlm.tokenizers import Tokenizer, save_vocabulary, start_token, tokenizer_from_bytes
 
 OPSET = 18  # the dynamo exporter's lowest; read by onnxruntime 1.14 and later
 CHECKPOINT_ADVICE = "give a .ckpt file written by `rnnlm fit` (e.g. runs/char/checkpoints/best.ckpt)"
@@ -128,7 +128,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 
 def manifest(model: RNNLM, tokenizer: Tokenizer, graph: bytes, tokenizer_file: Path, quantization: str,
-             checks: dict, training: dict) -> dict:
+             checks: dict, training: dict, vocabulary: Path | None = None) -> dict:
     """manifest.json's fields (docs/manifest.md; runtime/manifest.py's SCHEMA checks them)."""
     L, H, V = model.num_layers, model.hidden_size, model.vocab_size
     return {
@@ -142,7 +142,9 @@ def manifest(model: RNNLM, tokenizer: Tokenizer, graph: bytes, tokenizer_file: P
         "outputs": {LOGITS: {"name": LOGITS, "dtype": "float32", "shape": [BATCH, V]}},
         "state": [{"input": HIDDEN[0], "output": HIDDEN[1], "dtype": "float32", "shape": [L, BATCH, H]}],
         "tokenizer": {"type": tokenizer.kind, "file": tokenizer_file.name,
-                      "sha256": sha256_bytes(tokenizer_file.read_bytes())},
+                      "sha256": sha256_bytes(tokenizer_file.read_bytes()),
+                      **({"vocabulary": {"file": vocabulary.name, "sha256": sha256_bytes(vocabulary.read_bytes())}}
+                         if vocabulary else {})},
         "generation": {**generation_defaults(), "start_token": start_token(tokenizer)},
         "training": training,
     }
@@ -183,7 +185,8 @@ def write_export(model: RNNLM, tokenizer: Tokenizer, out: str | Path, quantizati
             raise RnnlmError(f"onnx.checker rejects the exported graph ({e}); nothing was written") from None
         graph = graph_path.read_bytes()
         tokenizer_file = tokenizer.save(tmp)
-        spec = manifest(model, tokenizer, graph, tokenizer_file, quantization, checks, training or {})
+        vocabulary = save_vocabulary(tokenizer, tmp)
+        spec = manifest(model, tokenizer, graph, tokenizer_file, quantization, checks, training or {}, vocabulary)
         (tmp / MANIFEST_FILE).write_text(json.dumps(spec, indent=2) + "\n")
         Generator.load(tmp)  # the runtime's own checks of the folder: what `rnnlm sample` will read
     return out

@@ -211,6 +211,16 @@ def start_token(tokenizer: Tokenizer) -> int:
     return ids[-1] if ids else 0
 
 
+def save_vocabulary(tokenizer: Tokenizer, directory: str | Path) -> Path | None:
+    """Write a sentencepiece tokenizer's vocabulary file (VOCABULARY_FILE) into directory, for runtimes
+    without sentencepiece; None for a char tokenizer, whose tokenizer.json any runtime reads."""
+    if not isinstance(tokenizer, SentencePieceTokenizer):
+        return None
+    path = Path(directory) / VOCABULARY_FILE
+    write_atomic(path, tokenizer.vocabulary())
+    return path
+
+
 def train_tokenizer(kind: str, vocab_size: int, chars: str, lines: Iterable[str]) -> Tokenizer:
     """A new tokenizer of a kind: char from the corpus's characters, bpe or unigram (vocab_size
     pieces) from the lines of the training text."""

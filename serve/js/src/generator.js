@@ -164,7 +164,7 @@ export class Generator {
       seq.logits = logits.slice(j * V, (j + 1) * V);
       if (seq.prefilling) seq.promptFed += 1;
       if (seq.prefilling) return;
-      if (!seq.logits.every(Number.isFinite)) {
+      if (!allFinite(seq.logits)) {
         seq.fail(`the model in ${manifest.where} yielded logits that are not all finite (NaN or `
           + 'infinite) at this step: there is nothing to sample from; check the model (re-train or re-export it)');
         return;
@@ -238,6 +238,12 @@ export class Generator {
     if (failed) throw new Error(failed.error);
     return sequences.map((s) => s.text);
   }
+}
+
+/** @param {Float32Array} row */
+function allFinite(row) {
+  for (let i = 0; i < row.length; i++) if (!Number.isFinite(row[i])) return false;
+  return true;
 }
 
 /**

@@ -96,14 +96,27 @@ export function sample(logits, { temperature, topK, topP }, key, n) {
   if (temperature === 0) return best;
   const m = logits[best];
   const kept = (topK > 0 && topK < V) || topP < 1 ? keptTokens(logits, m, temperature, topK, topP) : null;
-  let token = -1;
-  let top = -Infinity;
+  // The largest logit is scored first; then every token in id order, skipping those whose score
+  // cannot reach the best so far (the noise term is below NOISE_BOUND): the same argmax, ties to
+  // the lowest id, with most logarithms of a confident model's step left out.
+  let token = best;
+  let top = gumbelScore(0, key, n, best);
   for (let i = 0; i < V; i++) {
-    if (kept !== null && !kept[i]) continue;
-    const score = (logits[i] - m) / temperature - Math.log(-Math.log(uniform(drawBits(key, n, i))));
-    if (score > top || token < 0) { top = score; token = i; }
+    if (i === best || (kept !== null && !kept[i])) continue;
+    const z = (logits[i] - m) / temperature;
+    if (z + NOISE_BOUND < top) continue;
+    const score = gumbelScore(z, key, n, i);
+    if (score > top || (score === top && i < token)) { top = score; token = i; }
   }
   return token;
+}
+
+/** Above -log(-log u) for every u of the rule (at most -log(-log(1 - 2^-25)) = 17.33). */
+const NOISE_BOUND = 17.5;
+
+/** The rule's score of token i: z - log(-log u(n, i)), z = (logit - m) / temperature. */
+function gumbelScore(z, key, n, i) {
+  return z - Math.log(-Math.log(uniform(drawBits(key, n, i))));
 }
 
 /**

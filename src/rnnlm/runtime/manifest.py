@@ -137,6 +137,8 @@ SCHEMA = (
     Field("tokenizer.type", str, one_of(*TOKENIZERS)),
     Field("tokenizer.file", str, FILE_NAME),
     Field("tokenizer.sha256", str, SHA256),
+    Field("tokenizer.vocabulary.file", str, FILE_NAME, optional=True),  # sentencepiece's pieces as JSON, for serve/js
+    Field("tokenizer.vocabulary.sha256", str, SHA256, optional=True),
     Field("generation.temperature", float, AS_A_REQUEST),
     Field("generation.top_k", int, AS_A_REQUEST),
     Field("generation.top_p", float, AS_A_REQUEST),
