@@ -41,6 +41,7 @@ QUANTIZATIONS = ("none", "int8")
 MAX_NEW_TOKENS_CAP = 10_000  # the most tokens a default (and, unless a Generator lowers it, a request) may ask
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_TOKENIZER_BYTES = 1 << 26
+MAX_JSON_DEPTH = 16  # objects and lists inside each other; an export's manifest has 5 levels
 EXPORT_ADVICE = "re-export it with `rnnlm export CKPT --out DIR`"
 
 
@@ -78,7 +79,10 @@ def matches(pattern: str, says: str) -> Rule:
 
 def shape(*dims: str) -> Rule:
     """A shape whose dims are BATCH and the values of the named integer fields, in this order."""
-    return Rule(lambda v, m: v == [d if d == BATCH else m[d] for d in dims], "[" + ", ".join(dims) + "]")
+    def holds(v: list, m: dict) -> bool:
+        want = [d if d == BATCH else m[d] for d in dims]
+        return v == want and all(type(a) is type(b) for a, b in zip(v, want, strict=True))  # true is not 1
+    return Rule(holds, "[" + ", ".join(dims) + "]")
 
 
 def _plain_file_name(name: str, m: dict) -> bool:
@@ -352,20 +356,27 @@ def _as_format_2(data: dict) -> dict:
 
 def _parse_json(data: bytes, where: str) -> object:
     """JSON from bytes, every failure one line: not UTF-8, not JSON, NaN or Infinity (not JSON),
-    an integer too long to convert, nesting too deep."""
+    an integer too long to convert, nesting deeper than MAX_JSON_DEPTH."""
 
     def refuse(constant: str):
         raise ValueError(f"{constant} is not a JSON number")
 
+    too_deep = f"{where} is nested too deeply (more than {MAX_JSON_DEPTH} levels); {EXPORT_ADVICE}"
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=refuse)
+        value = json.loads(data.decode("utf-8"), parse_constant=refuse)
     except UnicodeDecodeError as e:
         raise RnnlmError(f"{where} is not UTF-8 (byte {e.start}); {EXPORT_ADVICE}") from None
     except RecursionError:
-        raise RnnlmError(f"{where} is nested too deeply to be a manifest or tokenizer; {EXPORT_ADVICE}") from None
+        raise RnnlmError(too_deep) from None
     except ValueError as e:  # JSONDecodeError, NaN, an integer past Python's digit limit
         reason = str(e).splitlines()[0][:120]
         raise RnnlmError(f"{where} is not valid JSON ({reason}); {EXPORT_ADVICE}") from None
+    level = [value]
+    for _ in range(MAX_JSON_DEPTH):  # breadth first, one level at a time: no recursion
+        level = [x for v in level for x in (v.values() if isinstance(v, dict) else v if isinstance(v, list) else ())]
+    if level:
+        raise RnnlmError(too_deep)
+    return value
 
 
 def _inside(folder: Path, name: str, field: str) -> tuple[Path, str]:
