@@ -230,6 +230,12 @@ DOCTORED = [
     ("tokenizer chars twice", tokenizer_bytes(b'{"type": "char", "chars": "aab"}'), "lists a character twice"),
     ("tokenizer no chars", tokenizer_bytes(b'{"type": "char", "chars": ""}'), "needs at least one character"),
     ("tokenizer type bpe on a char file", set_value("tokenizer.type", "bpe"), "is not a sentencepiece model"),
+    ("vocabulary file outside", set_value("tokenizer.vocabulary", {"file": "../vocab.json", "sha256": "0" * 64}),
+     "tokenizer.vocabulary.file must be a plain file name"),
+    ("vocabulary file missing", set_value("tokenizer.vocabulary", {"file": "vocab.json", "sha256": "0" * 64}),
+     "vocab.json in .* does not exist"),
+    ("vocabulary file edited", both(set_value("tokenizer.vocabulary", {"file": "vocab.json", "sha256": "0" * 64}),
+                                    lambda f: (f / "vocab.json").write_text("{}")), "vocab.json in .* does not match"),
     ("tokenizer type word", set_value("tokenizer.type", "word"), "tokenizer.type must be one of 'char', 'bpe'"),
 ]
 REFUSED = [pytest.param(doctor, message, id=name) for name, doctor, message in DOCTORED]

@@ -261,8 +261,11 @@ class Manifest:
         return self._read("tokenizer", MAX_TOKENIZER_BYTES)
 
     def load_tokenizer(self) -> Tokenizer:
-        """The tokenizer file parsed as its declared type, with the model's vocabulary size."""
+        """The tokenizer file parsed as its declared type, with the model's vocabulary size. A
+        vocabulary file (for runtimes without sentencepiece) is checked as well, though not read here."""
         data, kind, where = self.read_tokenizer(), self.tokenizer_type, self._name("tokenizer")
+        if "vocabulary" in self.data["tokenizer"]:
+            self._read("tokenizer.vocabulary", MAX_TOKENIZER_BYTES)
         if kind == CharTokenizer.kind and not isinstance(_parse_json(data, where), dict):
             raise RnnlmError(f"{where} is not a char tokenizer (a JSON object); {EXPORT_ADVICE}")
         try:
@@ -282,18 +285,26 @@ class Manifest:
                              f"{EXPORT_ADVICE}")
         return tokenizer
 
+    def _entry(self, key: str) -> dict:
+        """The {file, sha256} object at a dotted key: model, tokenizer, tokenizer.vocabulary."""
+        entry = self.data
+        for part in key.split("."):
+            entry = entry[part]
+        return entry
+
     def _name(self, key: str) -> str:
         """A file of the folder as errors name it: its name, and the folder as the user gave it."""
-        return f"{self.data[key]['file']} in {self.folder}"
+        return f"{self._entry(key)['file']} in {self.folder}"
 
     def _read(self, key: str, max_bytes: int) -> bytes:
-        path, where = _inside(self.folder, self.data[key]["file"], f"{key}.file")
+        entry = self._entry(key)
+        path, where = _inside(self.folder, entry["file"], f"{key}.file")
         size = path.stat().st_size
         if size > max_bytes:
             raise RnnlmError(f"{where} has {size} bytes, more than the {max_bytes} its manifest allows; "
                              f"{EXPORT_ADVICE}")
         data = path.read_bytes()
-        if sha256_bytes(data) != self.data[key]["sha256"]:
+        if sha256_bytes(data) != entry["sha256"]:
             raise RnnlmError(
                 f"{where} does not match the sha256 in its manifest (edited, truncated or replaced); {EXPORT_ADVICE}"
             )
