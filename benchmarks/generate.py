@@ -1,15 +1,20 @@
-"""Generation speed: the torch-free runtime (onnxruntime step + numpy sampler) against a torch eager
-sampling loop of the same model (RNNLM.step, softmax, multinomial, hidden state carried).
+"""Generation speed: the runtime's Generator against the bare ONNX step it is built on, and against
+a torch eager sampling loop of the same model.
 
-The model has the default size: one 512-unit tanh layer over a 65-symbol vocabulary (tinyshakespeare's
-characters), with random weights, since speed does not depend on what the weights say. Each contender
-samples `tokens` new tokens per sequence at temperature 1 from the start token, at batch 1 and batch 64;
-the runtime runs with onnxruntime's own thread count (its default) and with one thread (which holds up
-best when other work shares the cores).
-The contenders of one batch size take turns round after round, so a slow-down of the shared machine
-hits them alike; a number is the median over rounds, after a warm-up run.
+- **Generator vs bare step.** The bare step is a loop of `InferenceSession.run` over the exported
+  model.onnx, feeding back its own hidden state: no sampling, no text, nothing else. Generator runs
+  `generate_batch` (no stop strings) on the same file, at the same batch size, both with one
+  onnxruntime thread. Their ratio is the part of the step function's speed that reaches the user.
+- **Generator vs torch.** Batch-1 `generate` against the loop a torch user writes (RNNLM.step,
+  softmax, multinomial), torch with its own threads.
 
-    python benchmarks/generate.py [--tokens 1000] [--rounds 7]
+The models have one tanh layer over a 65-symbol vocabulary (tinyshakespeare's characters) with random
+weights: speed does not depend on what the weights say. Every sequence samples at temperature 1 from
+the start token. The contenders of one row take turns, round after round, so a slow-down of the
+shared machine hits them alike; a number is the median over rounds, after a warm-up.
+
+    python benchmarks/run.py generate                     # this table alone, through the report
+    python benchmarks/generate.py [--steps 200] [--rounds 5]
 """
 
 import argparse
@@ -17,7 +22,10 @@ import statistics
 import tempfile
 import time
 from functools import partial
+from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import torch
 
 from rnnlm.export import write_export
@@ -25,66 +33,97 @@ from rnnlm.model import RNNLM, ModelConfig
 from rnnlm.runtime import Generator
 from rnnlm.tokenizers import CharTokenizer
 
-VOCAB, HIDDEN = 65, 512
-BATCH_SIZES = (1, 64)
+VOCAB = 65
+HIDDEN_SIZES = (256, 512)
+BATCH_SIZES = (1, 8, 32, 64)
+TORCH_HIDDEN = 256
+
+
+def bare_step(session: ort.InferenceSession, batch_size: int, steps: int) -> None:
+    """The step function alone: run, feed the state back."""
+    ids = np.zeros(batch_size, np.int64)
+    hidden = np.zeros((1, batch_size, session.get_inputs()[1].shape[2]), np.float32)
+    for _ in range(steps):
+        _, hidden = session.run(None, {"input_ids": ids, "past_hidden": hidden})
+
+
+def generator_batch(generator: Generator, batch_size: int, steps: int) -> None:
+    generator.generate_batch([""] * batch_size, max_new_tokens=steps, temperature=1.0, seed=0)
+
+
+def generator_one(generator: Generator, batch_size: int, steps: int) -> None:
+    generator.generate("", max_new_tokens=steps, temperature=1.0, seed=0)
 
 
 @torch.no_grad()
-def torch_eager(model: RNNLM, batch_size: int, tokens: int) -> None:
+def torch_eager(model: RNNLM, batch_size: int, steps: int) -> None:
     """The loop a torch user writes: step, softmax, multinomial, one token per sequence per step."""
     generator = torch.Generator().manual_seed(0)
     hidden = model.init_hidden(batch_size)  # (L, B, H)
     x = torch.zeros(batch_size, dtype=torch.long)  # (B,) the start token
-    for _ in range(tokens):
+    for _ in range(steps):
         logits, hidden = model.step(x, hidden)  # (B, V), (L, B, H)
         x = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]  # (B,)
 
 
-def runtime(generator: Generator, batch_size: int, tokens: int) -> None:
-    if batch_size == 1:
-        generator.generate("", max_new_tokens=tokens, temperature=1.0, seed=0)
-    else:
-        generator.generate_batch([""] * batch_size, max_new_tokens=tokens, temperature=1.0, seed=0)
+def rates(contenders: dict, batch_size: int, steps: int, rounds: int) -> dict[str, float]:
+    """Median tokens/s of each contender, taking turns round after round."""
+    for fn in contenders.values():
+        fn(batch_size, max(steps // 10, 2))  # warm-up
+    seen: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn(batch_size, steps)
+            seen[name].append(batch_size * steps / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in seen.items()}
 
 
-def tokens_per_second(fn, batch_size: int, tokens: int) -> float:
-    start = time.perf_counter()
-    fn(batch_size, tokens)
-    return batch_size * tokens / (time.perf_counter() - start)
-
-
-def main(tokens: int = 1000, rounds: int = 7) -> str:
-    """A markdown table of tokens/s per contender and batch size, with the runtime's speed-up over torch."""
+def export(hidden_size: int, folder: Path) -> tuple[RNNLM, Path]:
     torch.manual_seed(0)
-    model = RNNLM(ModelConfig(VOCAB, HIDDEN)).eval()
+    model = RNNLM(ModelConfig(VOCAB, hidden_size=hidden_size)).eval()
     tokenizer = CharTokenizer("".join(chr(32 + i) for i in range(VOCAB - 1)) + "\n")
-    with tempfile.TemporaryDirectory() as folder:
-        exported = write_export(model, tokenizer, f"{folder}/model")
-        generators = {"onnxruntime's threads": Generator.load(exported),
-                      "1 thread": Generator.load(exported, threads=1)}
-    contenders = {f"runtime ({threads})": partial(runtime, g) for threads, g in generators.items()}
-    contenders["torch eager"] = partial(torch_eager, model)
-    rows = ["| batch | contender | tokens/s | runtime / torch |", "|---:|---|---:|---:|"]
-    for B in BATCH_SIZES:
-        n = tokens if B == 1 else max(tokens // 10, 10)
-        for fn in contenders.values():
-            fn(B, n // 10)  # warm-up
-        rates = {name: [] for name in contenders}
-        for _ in range(rounds):
-            for name, fn in contenders.items():
-                rates[name].append(tokens_per_second(fn, B, n))
-        median = {name: statistics.median(r) for name, r in rates.items()}
-        for name, rate in median.items():
-            ratio = f"{rate / median['torch eager']:.2f}x" if name.startswith("runtime") else ""
-            rows.append(f"| {B} | {name} | {rate:,.0f} | {ratio} |")
-    note = (f"H={HIDDEN}, V={VOCAB}, one tanh layer, temperature 1, from the start token; median of {rounds} rounds; "
-            f"torch {torch.__version__} with {torch.get_num_threads()} threads.")
-    return "\n".join(["### Generation: runtime (onnxruntime) vs torch eager sampling loop", "", note, "", *rows])
+    return model, write_export(model, tokenizer, folder / f"h{hidden_size}")
+
+
+def one_thread_session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def main(steps: int = 200, rounds: int = 5) -> str:
+    """Two markdown tables: Generator vs the bare step, and batch-1 Generator vs torch eager."""
+    rows = ["| H | batch | bare ONNX step, tok/s | Generator, tok/s | Generator / bare |", "|---:|---:|---:|---:|---:|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {H: export(H, Path(tmp)) for H in HIDDEN_SIZES}
+        for H, (_, folder) in models.items():
+            session, generator = one_thread_session(folder / "model.onnx"), Generator.load(folder, threads=1)
+            for B in BATCH_SIZES:
+                n = steps if B > 1 else 5 * steps
+                r = rates({"bare": partial(bare_step, session), "generator": partial(generator_batch, generator)},
+                          B, n, rounds)
+                rows.append(f"| {H} | {B} | {r['bare']:,.0f} | {r['generator']:,.0f} | "
+                            f"{r['generator'] / r['bare']:.2f} |")
+        model, folder = models[TORCH_HIDDEN]
+        generator = Generator.load(folder, threads=1)
+        r = rates({"generator": partial(generator_one, generator), "torch": partial(torch_eager, model)}, 1,
+                  5 * steps, rounds)
+    vs_torch = ["| H | batch | Generator.generate, tok/s | torch eager loop, tok/s | Generator / torch |",
+                "|---:|---:|---:|---:|---:|",
+                f"| {TORCH_HIDDEN} | 1 | {r['generator']:,.0f} | {r['torch']:,.0f} | "
+                f"{r['generator'] / r['torch']:.2f} |"]
+    note = (f"V={VOCAB}, one tanh layer, random weights, temperature 1, from the start token; onnxruntime "
+            f"{ort.__version__} with one thread for both; {steps} steps a run ({5 * steps} at batch 1), median of "
+            f"{rounds} rounds, contenders taking turns. torch {torch.__version__} with {torch.get_num_threads()} "
+            "threads.")
+    return "\n".join(["### Generation: Generator against the bare ONNX step and a torch eager loop", "", note, "",
+                      *rows, "", *vs_torch])
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=1000, help="new tokens per sequence at batch 1 (a tenth at 64)")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=200, help="new tokens per sequence in a run (5x at batch 1)")
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    print(main(args.tokens, args.rounds))
+    print(main(args.steps, args.rounds))

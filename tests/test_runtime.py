@@ -1,7 +1,9 @@
 """The torch-free runtime: sampler, generation, batched stepping, bad input (the manifest: test_manifest.py)."""
 
+import re
 import subprocess
 import sys
+from itertools import zip_longest
 
 import numpy as np
 import pytest
@@ -124,19 +126,63 @@ def test_byte_pieces_are_held_until_they_make_whole_characters(small_corpus):
     text = "Wh\u00e9re is the \u2603?"  # characters the corpus lacks become byte pieces
     ids = tokenizer.encode(text)
     assert len(ids) >= len("\u00e9\u2603".encode()) + 3
-    seq = Sequence([0], SamplingParams(max_new_tokens=len(ids)), np.zeros((1, 4), np.float32), tokenizer)
+    seq = Sequence([0], SamplingParams(max_new_tokens=len(ids)), tokenizer)
     pieces = [seq.accept(token) for token in ids]
     assert "".join(pieces) == seq.text == text and not any("\ufffd" in piece for piece in pieces)
     assert seq.finish_reason == "length"
+
+
+def test_a_sequence_leaving_unfinished_takes_its_state_along(gen):
+    """Two streams read in turn share one Generator: each step swaps the other's state out and back in."""
+    a, b = gen.stream("the ", max_new_tokens=50, seed=1), gen.stream("First", max_new_tokens=50, seed=2, stop="zz")
+    texts = ["", ""]
+    for pieces in zip_longest(a, b, fillvalue=""):
+        texts = [t + p for t, p in zip(texts, pieces, strict=True)]
+    assert texts == [gen.generate("the ", max_new_tokens=50, seed=1), gen.generate("First", max_new_tokens=50, seed=2)]
+
+
+def test_one_sequence_alone_equals_it_in_a_batch_and_at_any_thread_count(char_export, gen):
+    options = {"max_new_tokens": 120, "temperature": 0.9, "top_k": 30}
+    batch = gen.generate_batch(PROMPTS, seed=[4, 5, 6, 7], **options)
+    assert batch[2] == gen.generate(PROMPTS[2], seed=6, **options) == "".join(gen.stream(PROMPTS[2], seed=6, **options))
+    for threads in (1, 2):
+        assert Generator.load(char_export.folder, threads=threads).generate_batch(PROMPTS, seed=[4, 5, 6, 7],
+                                                                                 **options) == batch
+
+
+def test_non_finite_logits_end_that_sequence_with_an_error_and_the_batch_goes_on(char_export, monkeypatch):
+    gen = Generator.load(char_export.folder)
+    victim, others = gen.start("a", gen.params(max_new_tokens=40, seed=1)), [
+        gen.start(p, gen.params(max_new_tokens=40, seed=s)) for p, s in (("the ", 2), ("First", 3))]
+    run = gen.session.run
+
+    def poisoned(buffers):  # the victim's logits turn NaN after its 10th token
+        run(buffers)
+        if len(victim.token_ids) >= 10 and victim.row is not None:
+            buffers.logits[victim.row, 3] = np.nan
+
+    monkeypatch.setattr(gen.session, "run", poisoned)
+    sequences = [others[0], victim, others[1]]
+    while not all(s.finished for s in sequences):
+        gen.step(sequences)
+    assert victim.finish_reason == "error" and len(victim.token_ids) == 10
+    assert str(char_export.folder) in victim.error and "not all finite" in victim.error
+    for s, (p, seed) in zip(others, (("the ", 2), ("First", 3)), strict=True):
+        assert s.finish_reason == "length" and s.text == gen.generate(p, max_new_tokens=40, seed=seed)
+    monkeypatch.setattr(gen.session, "run", lambda buffers: buffers.logits.fill(np.inf))
+    for call, prompt in ((gen.generate, "a"), (lambda *a, **k: "".join(gen.stream(*a, **k)), "a"),
+                         (gen.generate_batch, ["a", "b"])):
+        with pytest.raises(RnnlmError, match="yielded logits that are not all finite"):
+            call(prompt, max_new_tokens=40, seed=1)
 
 
 # ----------------------------------------------------------------------------- the sampler
 
 
 def draw(logits, n=20000, **options) -> np.ndarray:
-    """n tokens from the same logits, one row each, all rows drawing from one generator."""
+    """Draws 0 .. n-1 of one sequence (seed 0), all from the same logits."""
     rows = np.tile(np.asarray(logits, np.float32), (n, 1))
-    return sample(rows, [SamplingParams(**options)] * n, [np.random.default_rng(0)] * n)
+    return sample(rows, [SamplingParams(seed=0, **options)] * n, np.arange(n))
 
 
 def test_sampled_frequencies_follow_softmax_over_temperature():
@@ -155,13 +201,17 @@ def test_top_k_and_top_p_keep_only_the_most_probable_tokens():
     assert set(draw(logits, 2000, top_p=0.5)) == {1}
 
 
-def test_greedy_rows_draw_no_random_numbers():
-    logits = np.array([[0.0, 3.0, 1.0], [0.0, 3.0, 1.0]], np.float32)
-    rngs = [np.random.default_rng(1), np.random.default_rng(1)]
-    tokens = sample(logits, [SamplingParams(temperature=0), SamplingParams()], rngs)
-    assert tokens[0] == 1
-    assert rngs[0].random() == np.random.default_rng(1).random()  # untouched
-    assert rngs[1].random() != np.random.default_rng(1).random()
+def test_greedy_rows_take_the_argmax_whatever_their_seed_and_draw_number():
+    logits = np.array([[0.0, 3.0, 1.0, 3.0]] * 4, np.float32)  # a tie: the lower id
+    params = [SamplingParams(temperature=0, seed=s) for s in (0, 1, 2**64 - 1, 7)]
+    assert sample(logits, params, [0, 5, 9, 2**31]).tolist() == [1, 1, 1, 1]
+
+
+def test_sample_refuses_rows_without_a_seed_or_with_non_finite_logits():
+    with pytest.raises(RnnlmError, match="needs a seed"):
+        sample(np.zeros((1, 3)), [SamplingParams()], [0])
+    with pytest.raises(RnnlmError, match=r"row\(s\) \[1\] are not all finite"):
+        sample(np.array([[0, 1, 2], [0, np.nan, 1]]), [SamplingParams(seed=0)] * 2, [0, 0])
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -177,10 +227,11 @@ def test_greedy_rows_draw_no_random_numbers():
     ("max_new_tokens", 0, "max_new_tokens must be an integer from 1 to 10000"),
     ("max_new_tokens", 10_001, "raise the cap"),
     ("stop", [""], "stop must be a list of non-empty strings"),
-    ("seed", -3, "seed must be an integer >= 0"),
+    ("seed", -3, "seed must be an integer from 0 to 2**64 - 1"),
+    ("seed", 2**64, "seed must be an integer from 0 to 2**64 - 1"),
 ])
 def test_bad_sampling_options_are_refused_before_any_step(gen, option, value, message):
-    with pytest.raises(RnnlmError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+    with pytest.raises(RnnlmError, match=re.escape(message)):
         gen.stream("the", **{option: value})
 
 

@@ -1,21 +1,26 @@
 """Generator: an exported folder loaded once, then text on demand, one sequence or many at a time.
 
-`step` is the whole engine: one call of the step function for a batch of sequences, each feeding
-its next token (a prompt token during prefill, else the token it sampled last) from its own
-hidden-state row, then one sampled token per sequence that is past its prompt. `generate`,
-`stream` and `generate_batch` are loops over it; a server builds its own loop the same way.
+`step` advances a batch of sequences by one token: each feeds its next token (a prompt token during
+prefill, else the token it sampled last), the step function runs once for all of them over their
+pooled state (batch.py), and every sequence past its prompt draws one token by the sampling rule
+(sampler.py, docs/sampling.md) and releases its text. `stream` is a loop over it for one sequence;
+a server builds its own loop the same way. `generate` and `generate_batch` without stop strings
+need no text before the end: their loop keeps the tokens in the batch and decodes each sequence
+once, when it finishes. The text is the same either way.
 """
 
 from collections.abc import Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import fields, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from rnnlm.errors import RnnlmError
+from rnnlm.runtime.batch import Batch
 from rnnlm.runtime.manifest import MAX_NEW_TOKENS_CAP, Manifest, load_manifest
-from rnnlm.runtime.sampler import SamplingParams, sample
+from rnnlm.runtime.sampler import SamplingParams
 from rnnlm.runtime.sequence import Sequence
 from rnnlm.runtime.session import StepSession
 from rnnlm.tokenizers import UNKNOWN_POLICIES, Tokenizer
@@ -48,8 +53,14 @@ class Generator:
 
     # ------------------------------------------------------------------------- the engine
 
+    @cached_property
+    def batch(self) -> Batch:
+        """The pooled rows of the sequences this generator steps."""
+        return Batch(self.session, self.manifest.vocab_size, str(self.manifest.folder))
+
     def params(self, **overrides) -> SamplingParams:
-        """SamplingParams from the manifest's defaults and the given fields (None keeps a default), checked."""
+        """SamplingParams from the manifest's defaults and the given fields (None keeps a default), checked,
+        with a seed: the one given, or one drawn from the OS's entropy (so that it can be reported)."""
         names = [f.name for f in fields(SamplingParams)]
         if unknown := sorted(set(overrides) - set(names)):
             raise RnnlmError(f"unknown sampling option(s) {unknown}: the options are {', '.join(names)}")
@@ -57,43 +68,57 @@ class Generator:
         if isinstance(stop, str | list | tuple):  # one string or several; anything else fails the check
             overrides["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
         given = {k: v for k, v in overrides.items() if v is not None}
-        return replace(self.defaults, **given).check(self.max_new_tokens_cap)
+        return replace(self.defaults, **given).check(self.max_new_tokens_cap).seeded()
 
     def start(self, prompt: str, params: SamplingParams | None = None, unknown: str = "error") -> Sequence:
-        """A new sequence for prompt (the start token for an empty one) with its own zero state.
-        unknown says what to do with prompt characters absent from a char vocabulary: error, drop, replace."""
+        """A new sequence for prompt (the start token for an empty one) with a zero state. params without a
+        seed get one from the OS's entropy (sequence.params.seed). unknown says what to do with prompt
+        characters absent from a char vocabulary: error, drop, replace."""
         if not isinstance(prompt, str):
             raise RnnlmError(f"a prompt must be a string, got {type(prompt).__name__}")
         if unknown not in UNKNOWN_POLICIES:
             raise RnnlmError(f"unknown must be one of {', '.join(UNKNOWN_POLICIES)}, got {unknown!r}")
         params = (params or self.defaults).check(self.max_new_tokens_cap)
         prompt_ids = self.tokenizer.encode(prompt, unknown=unknown) or [self.start_token]
-        m = self.manifest
-        return Sequence(prompt_ids, params, np.zeros((m.num_layers, m.hidden_size), np.float32), self.tokenizer)
+        sequence = Sequence(prompt_ids, params, self.tokenizer)
+        sequence.owner = self.batch
+        return sequence
 
     def step(self, sequences: Seq[Sequence]) -> list[str]:
         """Advance every unfinished sequence by one token in one batched call of the step function.
         Returns the text each sequence released at this step ('' during prefill and when finished)."""
-        live = [i for i, s in enumerate(sequences) if s.finish_reason is None]
+        at = [i for i, s in enumerate(sequences) if s.finish_reason is None]  # where each row's sequence is
         pieces = [""] * len(sequences)
-        if not live:
+        if not at:
             return pieces
-        batch = [sequences[i] for i in live]
-        buffers = self.session.buffers(len(batch))
-        buffers.input_ids[:] = [s.input_id for s in batch]
-        np.stack([s.hidden for s in batch], axis=1, out=buffers.past_hidden)  # (L, B, H)
-        self.session.run(buffers)
-        drawing = []  # rows whose logits are sampled: every sequence past its prompt
-        for j, s in enumerate(batch):
-            s.hidden[...] = buffers.present_hidden[:, j]  # (L, H)
-            if s.fed():
-                drawing.append(j)
-        if drawing:
-            logits = buffers.logits if len(drawing) == len(batch) else buffers.logits[drawing]  # (b, V)
-            tokens = sample(logits, [batch[j].params for j in drawing], [batch[j].rng for j in drawing])
-            for j, token in zip(drawing, tokens.tolist(), strict=True):
-                pieces[live[j]] = batch[j].accept(token)
+        live = [sequences[i] for i in at]
+        sampled, tokens, _ = self._advance(live, lazy=False)
+        for j, token in zip(range(len(live))[sampled] if isinstance(sampled, slice) else sampled.tolist(),
+                            tokens.tolist(), strict=True):
+            pieces[at[j]] = live[j].accept(token)
         return pieces
+
+    def _advance(self, live: list[Sequence], lazy: bool) -> tuple[np.ndarray | slice, np.ndarray, bool]:
+        """One step of the batch with live (unfinished) as its rows: Batch.step."""
+        batch = self.batch
+        if live != batch.rows or lazy != batch.lazy:
+            batch.arrange(live, lazy)
+        return batch.step()
+
+    def _run(self, sequences: list[Sequence]) -> None:
+        """Step sequences until all finish: lazily (tokens decoded at the end) where none has stop strings."""
+        live = [s for s in sequences if not s.finished]
+        lazy = not any(s.params.stop for s in live)
+        while live:
+            if lazy:
+                ended = self._advance(live, lazy=True)[2]
+            else:
+                self.step(live)
+                ended = True
+            if ended:
+                live = [s for s in live if not s.finished]
+        if failed := next((s for s in sequences if s.error), None):
+            raise RnnlmError(failed.error)
 
     # ------------------------------------------------------------------------- text in, text out
 
@@ -111,32 +136,37 @@ class Generator:
             piece = self.step([sequence])[0]
             if piece:
                 yield piece
+        if sequence.error:
+            raise RnnlmError(sequence.error)
 
     def generate(self, prompt: str, max_new_tokens: int | None = None, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, stop: str | Seq[str] = (),
                  seed: int | None = None, unknown: str = "error") -> str:
-        """The new text after prompt: stream's pieces joined."""
-        return "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, stop, seed, unknown))
+        """The new text after prompt: the text stream's pieces join to."""
+        params = self.params(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                             stop=stop, seed=seed)
+        sequence = self.start(prompt, params, unknown)
+        self._run([sequence])
+        return sequence.text
 
     def generate_batch(self, prompts: Seq[str], max_new_tokens: int | None = None, temperature: float | None = None,
                        top_k: int | None = None, top_p: float | None = None, stop: str | Seq[str] = (),
                        seed: int | Seq[int] | None = None, unknown: str = "error") -> list[str]:
         """The new text after each prompt, all sampled together. seed: one per prompt, or an int s giving
-        prompt i the seed s + i, so text i equals generate(prompts[i], ..., seed=s + i)."""
+        prompt i the seed (s + i) mod 2^64, so text i equals generate(prompts[i], ..., seed=(s + i) % 2**64);
+        None draws one s from the OS's entropy."""
         if isinstance(prompts, str):
             raise RnnlmError("generate_batch takes a list of prompts; use generate for a single prompt")
-        if seed is None or isinstance(seed, int | np.integer):
-            seeds = [None if seed is None else seed + i for i in range(len(prompts))]
-        elif len(seed) == len(prompts):
-            seeds = list(seed)
-        else:
+        one_seed = seed is None or isinstance(seed, int | np.integer)
+        if not one_seed and len(seed) != len(prompts):
             raise RnnlmError(f"generate_batch got {len(seed)} seeds for {len(prompts)} prompts: "
                              "give one per prompt, or one int")
-        sequences = [
-            self.start(prompt, self.params(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                           top_p=top_p, stop=stop, seed=s), unknown)
-            for prompt, s in zip(prompts, seeds, strict=True)
-        ]
-        while not all(s.finished for s in sequences):
-            self.step(sequences)
+        options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, stop=stop)
+        if one_seed:
+            params = self.params(**options, seed=seed)
+            choices = [params.offset(i) for i in range(len(prompts))]
+        else:
+            choices = [self.params(**options, seed=s) for s in seed]
+        sequences = [self.start(prompt, p, unknown) for prompt, p in zip(prompts, choices, strict=True)]
+        self._run(sequences)
         return [s.text for s in sequences]

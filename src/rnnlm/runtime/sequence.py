@@ -1,15 +1,18 @@
-"""One sequence being generated: its hidden-state row, random generator, tokens and emitted text.
+"""One sequence being generated: its prompt, sampling options and seed, tokens and emitted text.
 
 A Sequence first feeds its prompt tokens one per step (prefill; their logits are not sampled
-except the last one's), then feeds back each token it samples. It turns tokens into text
-incrementally: a subword tokenizer's byte pieces are held until they form whole characters, and
-text that could be the start of a stop string is held until it is known not to be one, so the
-pieces it emits join to exactly the final text, which never contains a stop string.
+except the last one's), then feeds back each token it samples. Its recurrent state lives in its
+Generator's pooled arrays while it is stepped (batch.py), and in the sequence itself while it is
+not. It turns tokens into text incrementally: a subword tokenizer's byte pieces are held until they
+form whole characters, and text that could be the start of a stop string is held until it is known
+not to be one, so the pieces it emits join to exactly the final text, which never contains a stop
+string. Where no text is wanted before the end (no stop strings, nothing streamed), the tokens are
+taken all at once and decoded once (`accept_all`), to the same text.
 """
 
 import numpy as np
 
-from rnnlm.runtime.sampler import SamplingParams
+from rnnlm.runtime.sampler import SamplingParams, seed_key
 from rnnlm.tokenizers import Tokenizer
 
 MAX_CHAR_BYTES = 4  # a UTF-8 character spans at most 4 byte pieces
@@ -18,17 +21,22 @@ REPLACEMENT = "\ufffd"  # what a tokenizer decodes an incomplete byte sequence t
 
 class Sequence:
     """State of one generation. Made by Generator.start, advanced by Generator.step (alone or batched
-    with others), done when `finish_reason` is set: "stop" (a stop string) or "length" (max_new_tokens)."""
+    with others), done when `finish_reason` is set: "stop" (a stop string), "length" (max_new_tokens)
+    or "error" (the model yielded logits that are not all finite; `error` says so). params.seed is the
+    seed it is sampled with: the one asked for, or one drawn from the OS's entropy."""
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, hidden: np.ndarray, tokenizer: Tokenizer) -> None:
-        self.params = params
-        self.rng = np.random.default_rng(params.seed)
-        self.hidden = hidden  # (L, H) float32: h(t-1) of every layer, owned by this sequence
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, tokenizer: Tokenizer) -> None:
+        self.params = params.seeded()
+        self.key = seed_key(self.params.seed)  # the sampling rule's key(seed)
         self.prompt_ids = prompt_ids
         self.token_ids: list[int] = []  # the sampled tokens
         self.text = ""  # the text emitted so far
         self.finish_reason: str | None = None
-        self._fed = 0  # prompt tokens fed so far
+        self.error: str | None = None
+        self.prompt_fed = 0  # prompt tokens fed so far
+        self.state: list[np.ndarray] | None = None  # its recurrent state while outside a batch (None: zeros)
+        self.row: int | None = None  # its row in its Generator's batch, while it is in one
+        self.owner = None  # the Batch that steps it (set by Generator.start)
         self._tokenizer = tokenizer
         self._undecoded: list[int] = []  # tokens whose text is not yet whole characters
         self._held = ""  # decoded text not yet emitted: it may begin a stop string
@@ -38,16 +46,14 @@ class Sequence:
         return self.finish_reason is not None
 
     @property
-    def input_id(self) -> int:
-        """The token this sequence feeds at its next step."""
-        return self.prompt_ids[self._fed] if self._fed < len(self.prompt_ids) else self.token_ids[-1]
+    def prefilling(self) -> bool:
+        """Prompt tokens remain to be fed: the logits of this step are not sampled."""
+        return self.prompt_fed < len(self.prompt_ids)
 
-    def fed(self) -> bool:
-        """Record that input_id was fed; True when the logits it produced are to be sampled."""
-        if self._fed < len(self.prompt_ids):
-            self._fed += 1
-            return self._fed == len(self.prompt_ids)
-        return True
+    def feed_prompt(self) -> int:
+        """The next prompt token, counted as fed."""
+        self.prompt_fed += 1
+        return self.prompt_ids[self.prompt_fed - 1]
 
     def accept(self, token: int) -> str:
         """Take a sampled token; return the text it releases ('' while text is held)."""
@@ -62,6 +68,22 @@ class Sequence:
             if self._undecoded:
                 self._held += self._tokenizer.decode(self._undecoded)
         return self._release()
+
+    def accept_all(self, tokens: list[int]) -> str:
+        """Take several sampled tokens at once; the same text as accepting them one by one. Decoded in one
+        call where that gives the same text: a char vocabulary (one character a token) and no stop strings."""
+        if self.params.stop or self._tokenizer.kind != "char" or self._undecoded:
+            return "".join([self.accept(token) for token in tokens])
+        self.token_ids += tokens
+        if len(self.token_ids) >= self.params.max_new_tokens:
+            self.finish_reason = "length"
+        text = self._tokenizer.decode(tokens)
+        self.text += text
+        return text
+
+    def fail(self, error: str) -> None:
+        """End the sequence with an error (its text so far stays)."""
+        self.finish_reason, self.error = "error", error
 
     def _release(self) -> str:
         """Emit held text up to a stop string (then finish), or up to where a stop string could begin."""

@@ -1,0 +1,314 @@
+"""The live sequences of a Generator as rows of pooled arrays, stepped as one.
+
+Each sequence in the batch owns a row: its recurrent state, next input, token count, sampling
+options and the noise of its next draws live in arrays indexed by row, so that a step is one bound
+onnxruntime call over contiguous blocks and one vectorized sampling pass:
+
+    input_ids (B,), state (L, B, H)  --onnxruntime-->  logits (B, V), next state (L, B, H)
+    tokens = choose(logits, temperature, noise) for the rows past their prompt     (sampler.py)
+
+The state is double-buffered: a step reads the (L, B, H) block at the start of one buffer and
+onnxruntime writes the next state into the other, which the next step reads; the two buffers swap
+roles, so the state is never copied at a step. Rows stay compact, in the order the caller lists
+the sequences: when that list changes (sequences join, finish or leave) the rows are rearranged
+with one gather per array into the other buffer. A sequence that leaves unfinished takes its state
+with it (Sequence.state) and brings it back when it rejoins.
+
+The noise of a row's draws depends only on its key and draw numbers, so it is computed `ahead`
+draws at a time for every row that needs it, in one vectorized call. When every row draws at
+every step (no prompt being fed) and their blocks are aligned, a step reads its noise as a view.
+In a lazy batch, the tokens of each step are logged and handed to the sequences (decoded once)
+when one of them finishes or the rows change.
+"""
+
+import contextlib
+import math
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+
+import numpy as np
+
+from rnnlm.errors import RnnlmError
+from rnnlm.runtime.sampler import Noise, choose
+from rnnlm.runtime.sequence import Sequence
+from rnnlm.runtime.session import StepSession
+
+AHEAD_ELEMENTS = 1024  # noise computed per row at a time: `ahead` draws of V tokens, at most 16 draws
+MAX_BINDINGS = 64  # bound onnxruntime bindings kept, two per batch size (which buffer is read)
+TINY = 1e-250  # temperatures below this may divide a logit difference to -inf
+NO_NOISE = -(1 << 62)  # a row's first noised draw number when it has no noise yet
+ASYNC_ELEMENTS = 16384  # a noise block at least this large (rows x ahead x V) is computed on a worker thread
+
+
+class Batch:
+    """The rows of one Generator's sequences and the arrays they index. One step at a time."""
+
+    def __init__(self, session: StepSession, vocab_size: int, model: str) -> None:
+        self.session, self.vocab_size, self.model = session, vocab_size, model
+        self.noise = Noise(vocab_size)
+        self.ahead = max(1, min(16, AHEAD_ELEMENTS // vocab_size))
+        self.rows: list[Sequence] = []
+        self.lazy = False  # the rows' tokens are logged, and accepted by their sequences later
+        self.capacity = 0
+        self._parity = 0  # which state buffer holds the rows' state
+        self._bindings: dict[tuple[int, int], object] = {}
+        self._greedy: np.ndarray | None = None  # (B,) rows at temperature 0, None when there are none
+        self._filters: tuple[np.ndarray, np.ndarray] | None = None  # top_k, top_p (B,), None when no row filters
+        self._prefilling: list[int] = []  # rows still feeding their prompt
+        self._overflow = contextlib.nullcontext  # a context for the choice: np.errstate where it may overflow
+        self._noise_steps = 0  # steps for which every sampled row's noise is known to be there
+        self._offset: int | None = None  # every row's current draw is noise[row, offset] (None: they differ)
+        self._quiet_steps = 0  # steps for which no lazy row can reach its length
+        self._unit_temperature = False  # every row samples at temperature 1: no division
+        self._worker: ThreadPoolExecutor | None = None  # computes large noise blocks while onnxruntime runs
+        self._log: list[tuple[np.ndarray | None, np.ndarray]] = []  # lazy steps: (rows or None for all, tokens)
+        self._grow(8)
+
+    # ------------------------------------------------------------------------- arrays
+
+    def _grow(self, capacity: int) -> None:
+        """(Re)allocate every row array for capacity rows."""
+        V, K = self.vocab_size, self.ahead
+        self.capacity = capacity
+        self.state = [[np.zeros(capacity * int(np.prod(s.row_shape)), np.float32) for _ in range(2)]
+                      for s in self.session.state]  # per state tensor, two flat buffers
+        self.input_ids = np.zeros(capacity, np.int64)
+        self.logits = np.zeros((capacity, V), np.float32)
+        self.rowwise = {  # what a rearrangement gathers
+            "count": np.zeros(capacity, np.int64),  # tokens sampled = the next draw number
+            "limit": np.zeros(capacity, np.int64),  # max_new_tokens
+            "key": np.zeros(capacity, np.uint32),
+            "temperature": np.ones(capacity, np.float64),  # 1 for greedy rows, which never use it
+            "greedy": np.zeros(capacity, bool),
+            "top_k": np.zeros(capacity, np.int64),
+            "top_p": np.ones(capacity, np.float64),
+            "first": np.full(capacity, NO_NOISE, np.int64),  # the draw number of noise[row, 0]
+            "noise": np.zeros((capacity, K, V), np.float64),  # log(-log u) of draws first .. first + K - 1
+        }
+        self._bindings.clear()
+
+    def _view(self, k: int, buffer: int, batch_size: int) -> np.ndarray:
+        """State tensor k of the first batch_size rows in one of its buffers, e.g. (L, B, H), contiguous."""
+        return _shaped(self.state[k][buffer], self.session.state[k], batch_size)
+
+    def _binding(self, batch_size: int):
+        """The onnxruntime binding that reads the current buffers and writes the others, for batch_size rows."""
+        key = (batch_size, self._parity)
+        if key not in self._bindings:
+            if len(self._bindings) >= MAX_BINDINGS:
+                self._bindings.clear()
+            n = len(self.state)
+            self._bindings[key] = self.session.bind(
+                self.input_ids[:batch_size], [self._view(k, self._parity, batch_size) for k in range(n)],
+                self.logits[:batch_size], [self._view(k, 1 - self._parity, batch_size) for k in range(n)])
+        return self._bindings[key]
+
+    # ------------------------------------------------------------------------- a step
+
+    def step(self) -> tuple[np.ndarray | slice, np.ndarray, bool]:
+        """Feed every row its next token, run the step function once, draw a token for each row past its
+        prompt. Returns those rows (a slice of all rows, or their indices), their tokens, and whether a
+        row ended here by itself (lazy rows at their length; rows whose logits are not all finite)."""
+        B = len(self.rows)
+        at = None  # the rows to sample, None for all
+        if self._prefilling:
+            self._feed_prompts()
+            if self._prefilling:
+                at = np.setdiff1d(np.arange(B), self._prefilling, assume_unique=True)
+        refill = self._refill(at) if self._noise_steps <= 0 and (at is None or len(at)) else None
+        self.session.run(self._binding(B))  # onnxruntime releases the GIL: a refill may run meanwhile
+        self._parity = 1 - self._parity
+        if refill is not None:
+            refill.result()
+        logits = self.logits[:B] if at is None else self.logits[at]  # (b, V)
+        ended = False
+        if not math.isfinite(logits.sum()):  # one pass; an overflowing sum of finite logits is checked again
+            at, ended = self._fail_non_finite(at, logits), True
+            logits = self.logits[at]
+        if at is not None and not len(at):
+            return at, np.zeros(0, np.int64), ended
+        rows = slice(0, B) if at is None else at
+        rw = self.rowwise
+        greedy = None if self._greedy is None else self._greedy[rows]
+        top_k, top_p = (None, None) if self._filters is None else (f[rows] for f in self._filters)
+        temperature = None if self._unit_temperature else rw["temperature"][rows]
+        with self._overflow():
+            tokens = choose(logits, temperature, self._noise(at), greedy, top_k, top_p)
+        self.input_ids[rows] = tokens
+        rw["count"][rows] += 1
+        if self.lazy:
+            self._log.append((at, tokens))
+            ended |= self._end_lazy_rows()
+        return rows, tokens, ended
+
+    def _feed_prompts(self) -> None:
+        """Prefilling rows take their next prompt token; those fed their last one are sampled from now on."""
+        still = []
+        for j in self._prefilling:
+            s = self.rows[j]
+            self.input_ids[j] = s.feed_prompt()
+            if s.prefilling:
+                still.append(j)
+            else:
+                self._noise_steps = 0  # a row to draw for the first time
+        self._prefilling = still
+
+    def _refill(self, at: np.ndarray | None) -> Future | None:
+        """Compute the next `ahead` draws' noise of the rows `at` (None: all) whose block is used up, and
+        note how many steps every one of them has noise for. A large block is computed on a worker
+        thread while onnxruntime runs the step (the Future says when it is done); a small one at once."""
+        rw, K, B = self.rowwise, self.ahead, len(self.rows)
+        rows = slice(0, B) if at is None else at
+        count = rw["count"][rows]
+        left = rw["first"][rows] + K - count  # draws left in each row's block
+        if self._greedy is not None:
+            left[self._greedy[rows]] = K  # never drawn
+        stale = np.arange(B)[rows][left <= 0]
+        left[left <= 0] = K
+        self._noise_steps = int(left.min())
+        job = None
+        if stale.size:
+            first, keys = rw["count"][stale], rw["key"][stale]
+            rw["first"][stale] = first
+            if stale[-1] == stale.size - 1:  # rows 0 .. n-1: fill in place
+                job = partial(self.noise.fill, rw["noise"][:stale.size], keys, first)
+            else:
+                def job():
+                    rw["noise"][stale] = self.noise.fill(np.empty((stale.size, K, self.vocab_size)), keys, first)
+        offsets = count - rw["first"][rows]
+        aligned = at is None and self._greedy is None and (offsets == offsets[0]).all()
+        self._offset = int(offsets[0]) if aligned else None
+        if job is None:
+            return None
+        if stale.size * K * self.vocab_size < ASYNC_ELEMENTS:
+            job()
+            return None
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="rnnlm-noise")
+        return self._worker.submit(job)
+
+    def _noise(self, at: np.ndarray | None) -> np.ndarray:
+        """The noise of the current draw of rows `at` (None: all), (b, V), from the blocks `_refill` made."""
+        rw, B = self.rowwise, len(self.rows)
+        self._noise_steps -= 1
+        if at is None and self._offset is not None:
+            self._offset += 1
+            return rw["noise"][:B, self._offset - 1]  # (B, V) a view
+        self._offset = None
+        rows = slice(0, B) if at is None else at
+        offset = rw["count"][rows] - rw["first"][rows]
+        if self._greedy is not None:
+            np.clip(offset, 0, self.ahead - 1, out=offset)
+        return rw["noise"][np.arange(B)[rows], offset]
+
+    def _fail_non_finite(self, at: np.ndarray | None, logits: np.ndarray) -> np.ndarray:
+        """End the sequences whose logits are not all finite; return the other rows that were to be sampled."""
+        self._flush()
+        at = np.arange(len(self.rows)) if at is None else at
+        bad = ~np.isfinite(logits).all(axis=1)
+        for j in at[bad].tolist():
+            s = self.rows[j]
+            s.fail(f"the model in {self.model} yielded logits that are not all finite (NaN or infinite) after "
+                   f"{len(s.prompt_ids)} prompt and {len(s.token_ids)} sampled tokens: its weights or its graph "
+                   "are broken; retrain or re-export it")
+        self._noise_steps = 0
+        return at[~bad]
+
+    def _end_lazy_rows(self) -> bool:
+        """When lazy rows reach their length, every row takes its logged tokens; True when some finished."""
+        self._quiet_steps -= 1
+        if self._quiet_steps > 0:
+            return False
+        B, rw = len(self.rows), self.rowwise
+        left = rw["limit"][:B] - rw["count"][:B]  # >= 0
+        done = (left == 0).any()
+        if done:
+            self._flush()
+        self._quiet_steps = int(left[left > 0].min()) if (left > 0).any() else 0
+        return bool(done)
+
+    def _flush(self) -> None:
+        """Hand the logged tokens of lazy steps to their sequences (Sequence.accept_all)."""
+        if not self._log:
+            return
+        B = len(self.rows)
+        drawn = np.full((len(self._log), B), -1, np.int64)  # (steps, B): -1 where a row drew nothing
+        for t, (at, tokens) in enumerate(self._log):
+            drawn[t, slice(None) if at is None else at] = tokens
+        self._log = []
+        for s, tokens in zip(self.rows, drawn.T, strict=True):
+            if not s.finished:
+                s.accept_all(tokens[tokens >= 0].tolist())
+
+    # ------------------------------------------------------------------------- rows
+
+    def arrange(self, live: list[Sequence], lazy: bool) -> None:
+        """Make live (unfinished sequences started by this batch's Generator) the rows, in that order.
+        lazy: log their tokens, to be accepted by the sequences when one finishes or the rows change."""
+        self._flush()
+        old, staying = self.rows, {id(s) for s in live}
+        for r, s in enumerate(old):
+            if id(s) not in staying:
+                if not s.finished:
+                    self._park(s, r)
+                s.row = None
+        if any(s.owner is not self for s in live):
+            raise RnnlmError("a Sequence can only be stepped by the Generator that started it")
+        src = np.array([-1 if s.row is None else s.row for s in live], np.int64)  # each row's row before
+        here = np.flatnonzero(src >= 0)  # the rows whose sequence stays in the batch
+        B0, B = len(old), len(live)
+        rowwise, state, input_ids = self.rowwise, self.state, self.input_ids  # before any growth
+        if B > self.capacity:
+            self._grow(max(B, 2 * self.capacity))
+        self.input_ids[here] = input_ids[src[here]]
+        for name, array in rowwise.items():
+            self.rowwise[name][here] = array[src[here]]
+        target = 1 - self._parity
+        for k, tensor in enumerate(self.session.state):
+            before = _shaped(state[k][self._parity], tensor, B0)
+            self._view(k, target, B)[_at(tensor, here)] = before.take(src[here], axis=tensor.batch_axis)
+        self._parity = target
+        self.rows, self.lazy = list(live), lazy
+        for j, s in enumerate(live):
+            if src[j] < 0:
+                self._load(j, s)
+            s.row = j
+        rw = self.rowwise
+        self._greedy = rw["greedy"][:B] if rw["greedy"][:B].any() else None
+        filtered = (rw["top_k"][:B] > 0) | (rw["top_p"][:B] < 1)
+        self._filters = (rw["top_k"][:B], rw["top_p"][:B]) if filtered.any() else None
+        self._prefilling = [j for j, s in enumerate(live) if s.prefilling]
+        self._unit_temperature = self._greedy is None and (rw["temperature"][:B] == 1).all()
+        tiny = (rw["temperature"][:B] < TINY).any()  # (logits - m) / temperature may overflow to -inf, as it should
+        self._overflow = partial(np.errstate, over="ignore") if tiny else contextlib.nullcontext
+        self._noise_steps = self._quiet_steps = 0
+
+    def _load(self, j: int, s: Sequence) -> None:
+        """Row j takes a sequence new to the batch: its options, counts and state."""
+        rw, p = self.rowwise, s.params
+        rw["count"][j], rw["limit"][j], rw["key"][j] = len(s.token_ids), p.max_new_tokens, s.key
+        rw["temperature"][j], rw["greedy"][j] = p.temperature or 1.0, p.temperature == 0
+        rw["top_k"][j], rw["top_p"][j], rw["first"][j] = p.top_k, p.top_p, NO_NOISE
+        if s.token_ids:
+            self.input_ids[j] = s.token_ids[-1]
+        for k, tensor in enumerate(self.session.state):
+            self._view(k, self._parity, len(self.rows))[_at(tensor, j)] = 0 if s.state is None else s.state[k]
+        s.state = None
+
+    def _park(self, s: Sequence, r: int) -> None:
+        """Sequence s leaves row r unfinished: it takes its state along (its tokens are flushed)."""
+        B = len(self.rows)
+        s.state = [self._view(k, self._parity, B)[_at(tensor, r)].copy() for k, tensor in enumerate(self.session.state)]
+
+
+def _shaped(flat: np.ndarray, tensor, batch_size: int) -> np.ndarray:
+    """The first batch_size rows of a flat state buffer, in the tensor's batched shape."""
+    shape = tensor.batched(batch_size)
+    return flat[:int(np.prod(shape))].reshape(shape)
+
+
+def _at(tensor, rows) -> tuple:
+    """The index of rows (an int or an index array) along the tensor's batch axis."""
+    index: list = [slice(None)] * len(tensor.shape)
+    index[tensor.batch_axis] = rows
+    return tuple(index)
