@@ -31,6 +31,9 @@ function clearError() {
 const visible = (text) => text.replace(/\n/g, '↵\n').replace(/\t/g, '→');
 const label = (text) => (text === ' ' ? '␣' : text === '\n' ? '↵' : JSON.stringify(text).slice(1, -1));
 
+/** A token's own text; a byte piece of a subword vocabulary (one byte of UTF-8) by its name, e.g. <0xE6>. */
+const tokenText = (id) => (generator.tokenizer.byteOf?.[id] >= 0 ? generator.tokenizer.pieces[id] : generator.tokenizer.decode([id]));
+
 async function init() {
   let info;
   try {
@@ -118,7 +121,7 @@ async function generate(event) {
       const fed = sequence.inputId;
       const prompted = sequence.prefilling;
       const [piece] = await generator.step([sequence]);
-      records.push({ text: generator.tokenizer.decode([fed]), prompted, state: sequence.state.map((s) => s.slice()),
+      records.push({ text: tokenText(fed), prompted, state: sequence.state.map((s) => s.slice()),
         logits: sequence.logits });
       $('tokens').append(tokenSpan(records.length - 1));
       if (piece) $('output').textContent += piece;
@@ -204,7 +207,7 @@ function showTooltip(event) {
   if (!span) return;
   const rows = topFive(Number(span.dataset.i)).map(([id, p]) => {
     const tr = document.createElement('tr');
-    tr.append(Object.assign(document.createElement('td'), { textContent: label(generator.tokenizer.decode([id])) }),
+    tr.append(Object.assign(document.createElement('td'), { textContent: label(tokenText(id)) }),
       Object.assign(document.createElement('td'), { textContent: `${(100 * p).toFixed(1)} %` }));
     return tr;
   });
@@ -212,7 +215,7 @@ function showTooltip(event) {
   table.append(...rows);
   const tip = $('tooltip');
   tip.replaceChildren(Object.assign(document.createElement('div'),
-    { textContent: `after ${label(records[span.dataset.i].text)} (unit ${span.dataset.activation}):` }), table);
+    { textContent: `after ${label(records[span.dataset.i].text)} (activation ${span.dataset.activation}), next:` }), table);
   const box = span.getBoundingClientRect();
   Object.assign(tip.style, { left: `${box.left + window.scrollX}px`, top: `${box.bottom + window.scrollY + 4}px` });
   tip.hidden = false;

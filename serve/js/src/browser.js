@@ -31,6 +31,7 @@ export class Generator extends Base {
         return new Uint8Array(await response.arrayBuffer());
       },
       sha256: async (bytes) => hex(await crypto.subtle.digest('SHA-256', bytes)),
+      entropy: (words) => crypto.getRandomValues(words),
       sessionOptions: { executionProviders: ['wasm'] },
     };
     return this.open(platform, { maxNewTokensCap });

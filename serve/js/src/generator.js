@@ -11,7 +11,7 @@
  * @module
  */
 
-import { checkManifest, EXPORT_ADVICE } from './manifest.js';
+import { checkManifest, EXPORT_ADVICE, MAX_MANIFEST_BYTES } from './manifest.js';
 import { offsetSeed, resolveOptions } from './options.js';
 import { sample } from './sampler.js';
 import { Sequence } from './sequence.js';
@@ -25,7 +25,7 @@ const MANIFEST_FILE = 'manifest.json';
  * How a platform reads an export: its onnxruntime module, a reader of a file of the folder by name,
  * and sha256 as lowercase hex.
  * @typedef {{ort: any, read: (name: string) => Promise<Uint8Array>, sha256: (bytes: Uint8Array) => Promise<string>,
- *   where: string, sessionOptions?: object}} Platform
+ *   entropy: (words: Uint32Array) => Uint32Array, where: string, sessionOptions?: object}} Platform
  */
 
 export class Generator {
@@ -36,9 +36,11 @@ export class Generator {
    * @param {CharTokenizer|SentencePieceTokenizer} tokenizer
    * @param {any} ort the onnxruntime module (its Tensor)
    * @param {number} maxNewTokensCap the most tokens any request may ask for
+   * @param {(words: Uint32Array) => Uint32Array} entropy random bits for requests without a seed
    */
-  constructor(manifest, session, tokenizer, ort, maxNewTokensCap = MAX_NEW_TOKENS_CAP) {
+  constructor(manifest, session, tokenizer, ort, maxNewTokensCap, entropy) {
     this.manifest = manifest;
+    this.entropy = entropy;
     this.session = session;
     this.tokenizer = tokenizer;
     this.ort = ort;
@@ -71,6 +73,9 @@ export class Generator {
       throw new Error(`${where} is not an rnnlm export: it has no readable ${MANIFEST_FILE} (${e.message}); `
         + 'make one with `rnnlm export CKPT --out DIR` (or `make export`)');
     });
+    if (manifestBytes.length > MAX_MANIFEST_BYTES) {
+      throw new Error(`${MANIFEST_FILE} in ${where} is larger than ${MAX_MANIFEST_BYTES} bytes; ${EXPORT_ADVICE}`);
+    }
     let raw;
     try {
       raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(manifestBytes));
@@ -106,7 +111,7 @@ export class Generator {
     if (missing.length) {
       throw new Error(`the graph in ${where} lacks the I/O its manifest names: ${missing.join(', ')}; ${EXPORT_ADVICE}`);
     }
-    return new this(manifest, session, tokenizer, platform.ort, maxNewTokensCap);
+    return new this(manifest, session, tokenizer, platform.ort, maxNewTokensCap, platform.entropy);
   }
 
   // ------------------------------------------------------------------------- the engine
@@ -123,7 +128,7 @@ export class Generator {
     if (!UNKNOWN_POLICIES.includes(unknown)) {
       throw new Error(`unknown must be one of ${UNKNOWN_POLICIES.join(', ')}, got ${JSON.stringify(unknown)}`);
     }
-    const resolved = resolveOptions(options ?? {}, this.defaults, this.maxNewTokensCap);
+    const resolved = resolveOptions(options ?? {}, this.defaults, this.maxNewTokensCap, this.entropy);
     const ids = this.tokenizer.encode(prompt, unknown);
     const state = this.layouts.map((s) => new Float32Array(s.outer * s.inner));
     return new Sequence(ids.length ? ids : [this.manifest.generation.startToken], resolved, this.tokenizer, state);
@@ -225,7 +230,8 @@ export class Generator {
       }
       sequences = prompts.map((p, i) => this.start(p, { ...rest, seed: seed[i] }));
     } else {
-      const base = resolveOptions({ ...rest, seed, unknown: undefined }, this.defaults, this.maxNewTokensCap).seed;
+      const base = resolveOptions({ ...rest, seed, unknown: undefined }, this.defaults, this.maxNewTokensCap,
+        this.entropy).seed;
       sequences = prompts.map((p, i) => this.start(p, { ...rest, seed: offsetSeed(base, i) }));
     }
     return this.run(sequences);

@@ -17,6 +17,8 @@ export const EXPORT_ADVICE = 're-export it with `rnnlm export CKPT --out DIR`';
 const CELLS = ['rnn_tanh', 'rnn_relu'];
 const TOKENIZERS = ['char', 'bpe', 'unigram'];
 const MAX_NEW_TOKENS_CAP = 10000;
+export const MAX_MANIFEST_BYTES = 1 << 20;
+const MAX_JSON_DEPTH = 16; // objects and lists inside each other; an export's manifest has 5 levels
 
 const isInt = (v) => Number.isInteger(v);
 const isNumber = (v) => typeof v === 'number' && Number.isFinite(v);
@@ -102,11 +104,18 @@ function asFormat2(data) {
 
 /**
  * Check a parsed manifest.json; throw an Error naming the first bad field.
- * @param {unknown} raw the parsed JSON
+ * @param {any} raw the parsed JSON
  * @param {string} where how errors name the manifest
- * @returns {import('./index.js').Manifest}
+ * @returns {Omit<import('./index.js').Manifest, 'where'>}
  */
 export function checkManifest(raw, where) {
+  let level = [raw];
+  for (let depth = 0; depth < MAX_JSON_DEPTH; depth++) { // breadth first: no recursion
+    level = level.flatMap((v) => (v !== null && typeof v === 'object' ? Object.values(v) : []));
+  }
+  if (level.length > 0) {
+    throw new Error(`${where} is nested too deeply (more than ${MAX_JSON_DEPTH} levels); ${EXPORT_ADVICE}`);
+  }
   const found = TYPES.dict(raw) ? raw.format : undefined;
   if (!FORMATS.includes(found)) {
     throw new Error(`${where} has format ${show(found)}, but this runtime reads ${FORMATS.map((f) => `'${f}'`).join(' or ')}; `

@@ -4,7 +4,7 @@
  * @module
  */
 
-import { createHash } from 'node:crypto';
+import { createHash, randomFillSync } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
@@ -28,6 +28,7 @@ export class Generator extends Base {
       where: folder,
       read: async (name) => new Uint8Array(await readFile(join(folder, name))),
       sha256: async (bytes) => createHash('sha256').update(bytes).digest('hex'),
+      entropy: (words) => randomFillSync(words),
       sessionOptions: { executionProviders: ['cpu'], interOpNumThreads: 1, executionMode: 'sequential',
         ...(threads ? { intraOpNumThreads: threads } : {}) },
     };

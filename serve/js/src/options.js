@@ -9,7 +9,7 @@ import { SEEDS, checkSeed } from './sampler.js';
 /** @typedef {import('./index.js').Options} Options */
 export const OPTION_NAMES = ['maxNewTokens', 'temperature', 'topK', 'topP', 'stop', 'seed', 'unknown'];
 
-const show = (v) => (typeof v === 'bigint' ? `${v}n` : JSON.stringify(v) ?? String(v));
+const show = (v) => (typeof v === 'bigint' ? `${v}n` : typeof v === 'number' ? String(v) : JSON.stringify(v) ?? String(v));
 
 /**
  * Check temperature, topK, topP, maxNewTokens and stop; throw the first problem. Returns the options.
@@ -36,9 +36,13 @@ export function checkOptions(o, cap) {
   return o;
 }
 
-/** A seed from the platform's entropy: 64 random bits. @returns {bigint} */
-export function freshSeed() {
-  const words = globalThis.crypto.getRandomValues(new Uint32Array(2));
+/**
+ * A seed of 64 random bits.
+ * @param {(words: Uint32Array) => Uint32Array} fill the platform's entropy (crypto.getRandomValues)
+ * @returns {bigint}
+ */
+export function freshSeed(fill) {
+  const words = fill(new Uint32Array(2));
   return (BigInt(words[0]) << 32n) | BigInt(words[1]);
 }
 
@@ -48,9 +52,10 @@ export function freshSeed() {
  * @param {Options} given
  * @param {{temperature: number, topK: number, topP: number, maxNewTokens: number}} defaults
  * @param {number} cap
+ * @param {(words: Uint32Array) => Uint32Array} entropy fills words with random bits, for a seed left out
  * @returns {{temperature: number, topK: number, topP: number, maxNewTokens: number, stop: string[], seed: bigint}}
  */
-export function resolveOptions(given, defaults, cap) {
+export function resolveOptions(given, defaults, cap, entropy) {
   if (given === null || typeof given !== 'object') throw new Error(`options must be an object, got ${show(given)}`);
   const unknown = Object.keys(given).filter((k) => !OPTION_NAMES.includes(k));
   if (unknown.length) throw new Error(`unknown option(s) ${unknown.join(', ')}: the options are ${OPTION_NAMES.join(', ')}`);
@@ -58,7 +63,7 @@ export function resolveOptions(given, defaults, cap) {
   const stop = given.stop === undefined || given.stop === null ? [] : typeof given.stop === 'string' ? [given.stop] : given.stop;
   const o = checkOptions({ temperature: pick('temperature'), topK: pick('topK'), topP: pick('topP'),
     maxNewTokens: pick('maxNewTokens'), stop }, cap);
-  const seed = given.seed === undefined || given.seed === null ? freshSeed() : checkSeed(given.seed);
+  const seed = given.seed === undefined || given.seed === null ? freshSeed(entropy) : checkSeed(given.seed);
   return { ...o, stop: [...o.stop], seed };
 }
 

@@ -150,6 +150,7 @@ export class SentencePieceTokenizer {
       consider(left.prev, top.left);
       consider(top.left, left.next);
     }
+    /** @type {[string, number][]} */
     const out = [];
     for (let i = symbols.length ? 0 : -1; i >= 0; i = symbols[i].next) {
       out.push([symbols[i].piece, this.vocab.get(symbols[i].piece) ?? this.unkId]);
@@ -187,6 +188,7 @@ export class SentencePieceTokenizer {
       }
       if (!single) offer(k + 1, k, Math.fround(this.unkScore + here), this.unkId);
     }
+    /** @type {[string, number][]} */
     const out = [];
     for (let e = size; e > 0; e = from[e]) out.push([text.slice(starts[from[e]], starts[e]), ids[e]]);
     return out.reverse();
