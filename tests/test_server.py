@@ -3,7 +3,9 @@
 import asyncio
 import json
 import os
+import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +23,8 @@ from rnnlm.runtime.metrics import Metrics
 from rnnlm.runtime.scheduler import Scheduler
 
 LONG = 100_000  # max_tokens of a stream that outlives any test (the tiny model makes ~5k tokens/s)
+KEY = "sésame-ключ"  # small_server's API key: not ASCII, so compared as UTF-8 bytes
+AUTHORIZED = {"Authorization": f"Bearer {KEY}".encode()}
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +78,7 @@ class Server:
             self.process.kill()
             self.process.wait(timeout=10)
 
-    def metric(self, name: str, **headers) -> float:
+    def metric(self, name: str, headers: dict | None = None) -> float:
         text = httpx.get(f"{self.url}/metrics", headers=headers, timeout=5).text
         return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
 
@@ -100,7 +104,7 @@ def small_server(model_dir, tmp_path_factory):
     """One slot, one place in the queue, a 3 s timeout, and an API key from the environment."""
     options = ("--max-active", "1", "--max-queued", "1", "--timeout", "3", "--max-tokens", str(LONG))
     log = tmp_path_factory.mktemp("log") / "serve.log"
-    with serving(model_dir, log, *options, env={"RNNLM_API_KEY": "sesame"}) as s:
+    with serving(model_dir, log, *options, env={"RNNLM_API_KEY": KEY}) as s:
         yield s
 
 
@@ -183,6 +187,31 @@ def test_32_concurrent_streams_are_complete_and_correct(server, generator, promp
     assert server.metric("rnnlm_active_sequences") == 0
 
 
+def test_disconnect_storm_frees_every_slot(server):
+    """40 streams, each dropped after a random number of chunks (some before the first): no slot stays taken."""
+    rng = random.Random(0)
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        request = {"prompt": "", "max_tokens": LONG, "stream": True, "n": 1 + i % 3}
+        async with client.stream("POST", f"{server.url}/v1/completions", json=request) as r:
+            assert r.status_code == 200
+            lines, keep = r.aiter_lines(), rng.randrange(0, 20)
+            for _ in range(keep):
+                await anext(lines)
+
+    async def storm():
+        async with httpx.AsyncClient(timeout=30) as client:
+            await asyncio.gather(*(one(client, i) for i in range(40)))
+
+    asyncio.run(storm())
+    deadline = time.monotonic() + 5
+    while (server.metric("rnnlm_active_sequences") or server.metric("rnnlm_queued_sequences")) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.metric("rnnlm_active_sequences") == 0 and server.metric("rnnlm_queued_sequences") == 0
+    assert complete(server, prompt="", max_tokens=5).status_code == 200
+
+
 def test_disconnected_stream_frees_its_slot(server):
     request = {"prompt": "", "max_tokens": LONG, "stream": True}
     with httpx.stream("POST", f"{server.url}/v1/completions", json=request, timeout=30) as r:
@@ -220,8 +249,34 @@ def test_a_failing_step_cuts_its_batch_and_the_loop_goes_on(generator):
         loop = asyncio.create_task(scheduler.run())
         jobs = []
         for _ in range(2):
-            jobs.append(scheduler.submit([generator.start("", generator.params(max_new_tokens=9, seed=1))], 10, False))
+            sequence = generator.start("", generator.params(max_new_tokens=9, seed=1))
+            jobs.append(scheduler.submit([sequence], time.monotonic() + 10, False))
             await asyncio.wait_for(jobs[-1].done, 10)
+        loop.cancel()
+        return jobs
+
+    failed, served = asyncio.run(two_jobs())
+    assert failed.error == "failed" and served.error is None
+    assert served.sequences[0].text == generator.generate("", 9, seed=1)
+
+
+def test_a_sequence_the_model_fails_cuts_its_request_and_no_other(generator):
+    class Failing:
+        """The generator, but the first sequence with seed 666 fails at its second step."""
+
+        def step(self, sequences):
+            pieces = generator.step(sequences)
+            for s in sequences:
+                if s.params.seed == 666 and len(s.token_ids) == 2:
+                    s.finish_reason = "error"
+            return pieces
+
+    async def two_jobs():
+        scheduler = Scheduler(Failing(), Metrics(), max_active=4, max_queued=4, stream_interval=0.02)
+        loop = asyncio.create_task(scheduler.run())
+        start = [generator.start("", generator.params(max_new_tokens=9, seed=seed)) for seed in (666, 1)]
+        jobs = [scheduler.submit([sequence], time.monotonic() + 10, False) for sequence in start]
+        await asyncio.wait_for(asyncio.gather(*(job.done for job in jobs)), 10)
         loop.cancel()
         return jobs
 
@@ -302,26 +357,27 @@ def test_unknown_path_and_method_have_openai_errors(server):
 
 def test_api_key(small_server):
     assert httpx.get(f"{small_server.url}/healthz").status_code == 200
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sesame"}):
+    wrong = [{}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY.encode()},
+             {"Authorization": b"Bearer " + KEY.encode()[:-1]}, {"Authorization": b"Bearer s\xe9same-"},  # latin-1
+             {"Authorization": b"Bearer " + KEY.encode() + b"x"}]
+    for headers in wrong:
         for r in (httpx.get(f"{small_server.url}/v1/models", headers=headers),
                   httpx.get(f"{small_server.url}/metrics", headers=headers),
                   httpx.post(f"{small_server.url}/v1/completions", json={"prompt": ""}, headers=headers)):
             assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-    ok = {"Authorization": "Bearer sesame"}
-    r = httpx.post(f"{small_server.url}/v1/completions", json={"prompt": "", "max_tokens": 4}, headers=ok)
-    assert r.status_code == 200 and httpx.get(f"{small_server.url}/v1/models", headers=ok).status_code == 200
+    r = httpx.post(f"{small_server.url}/v1/completions", json={"prompt": "", "max_tokens": 4}, headers=AUTHORIZED)
+    assert r.status_code == 200 and httpx.get(f"{small_server.url}/v1/models", headers=AUTHORIZED).status_code == 200
 
 
 def test_full_queue_gives_429_with_retry_after(small_server):
-    ok = {"Authorization": "Bearer sesame"}
     request = {"prompt": "", "max_tokens": LONG, "stream": True}
-    with httpx.Client(headers=ok, timeout=10) as client:
+    with httpx.Client(headers=AUTHORIZED, timeout=10) as client:
         with client.stream("POST", f"{small_server.url}/v1/completions", json=request) as running:
             lines = running.iter_lines()
             assert next(lines).startswith("data: ")
             with client.stream("POST", f"{small_server.url}/v1/completions", json=request) as queued:
                 assert queued.status_code == 200
-                assert small_server.metric("rnnlm_queued_sequences", **ok) == 1
+                assert small_server.metric("rnnlm_queued_sequences", AUTHORIZED) == 1
                 r = client.post(f"{small_server.url}/v1/completions", json=request)
                 assert r.status_code == 429 and r.headers["retry-after"] == "1"
                 assert r.json()["error"]["code"] == "rate_limit_exceeded"
@@ -332,8 +388,8 @@ def test_full_queue_gives_429_with_retry_after(small_server):
 def test_timeout_cuts_a_stream_cleanly(small_server):
     request = {"prompt": "", "max_tokens": LONG, "stream": True}
     start = time.monotonic()
-    with httpx.stream("POST", f"{small_server.url}/v1/completions", json=request,
-                      headers={"Authorization": "Bearer sesame"}, timeout=30) as r:
+    with httpx.stream("POST", f"{small_server.url}/v1/completions", json=request, headers=AUTHORIZED,
+                      timeout=30) as r:
         events = sse(r.iter_lines())
     assert 2.5 < time.monotonic() - start < 10
     assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "timeout"
@@ -354,3 +410,58 @@ def test_sigterm_finishes_short_streams_cuts_long_ones_and_exits_0(model_dir, tm
         assert long_events[-1] == "[DONE]" and long_events[-2]["error"]["code"] == "server_shutting_down"
         assert s.process.wait(timeout=15) == 0
     assert "Finished server process" in (tmp_path / "serve.log").read_text()
+
+
+@pytest.mark.slow
+def test_timeout_counts_from_arrival_body_upload_included(small_server):
+    """--timeout 3: a body uploaded over 2 s leaves the completion 1 s (504 at ~3 s, where it was 5 s);
+    a body still arriving at 3 s gets 408."""
+    body = b'{"prompt": "", "max_tokens": %d}' % LONG
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body))
+    for upload, status, code in [(2.0, 504, "timeout"), (None, 408, "request_timeout")]:
+        with socket.create_connection(("127.0.0.1", small_server.port), timeout=30) as client:
+            start = time.monotonic()
+            client.sendall(head + body[:10])
+            if upload is not None:
+                time.sleep(upload)
+                client.sendall(body[10:])
+            response = client.makefile("rb")
+            assert response.readline().split()[1] == str(status).encode()
+            headers = dict(line.lower().split(b":", 1) for line in iter(response.readline, b"\r\n"))
+            assert json.loads(response.read(int(headers[b"content-length"])))["error"]["code"] == code
+            assert 2.8 < time.monotonic() - start < 4.5
+
+
+@pytest.mark.slow
+def test_sigint_drains_and_closes_clients_that_stopped_reading(model_dir, tmp_path):
+    """SIGINT drains as SIGTERM does; a client that stopped reading is closed after the grace, and the log
+    holds no traceback. /v1/models answers from memory after manifest.json is moved away."""
+    folder = shutil.copytree(model_dir, tmp_path / "moved")
+    options = ("--shutdown-grace", "1", "--stream-interval", "0", "--max-tokens", str(LONG), "--max-active", "80")
+    with serving(folder, tmp_path / "serve.log", *options) as s:
+        (folder / "manifest.json").rename(tmp_path / "manifest.json")
+        models = httpx.get(f"{s.url}/v1/models")
+        assert models.status_code == 200 and models.json()["data"][0]["id"] == "moved"
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it never reads: the server's writes block
+        stalled.connect(("127.0.0.1", s.port))
+        body = json.dumps({"prompt": "", "max_tokens": LONG, "stream": True, "n": 64}).encode()
+        stalled.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        url = f"{s.url}/v1/completions"
+        with httpx.Client(timeout=30) as client:
+            with client.stream("POST", url, json={"prompt": "", "max_tokens": LONG, "stream": True}) as long, \
+                 client.stream("POST", url, json={"prompt": "", "max_tokens": 300, "stream": True}) as short:
+                long_lines, short_lines = long.iter_lines(), short.iter_lines()
+                next(long_lines), next(short_lines)
+                time.sleep(2)  # the stalled stream fills the socket buffers
+                s.process.send_signal(signal.SIGINT)
+                short_events, long_events = sse(short_lines), sse(long_lines)
+        assert short_events[-1] == "[DONE]" and joined(short_events)[1] == ["length"]
+        assert long_events[-1] == "[DONE]" and long_events[-2]["error"]["code"] == "server_shutting_down"
+        assert s.process.wait(timeout=15) == 0
+        stalled.close()
+    log = (tmp_path / "serve.log").read_text()
+    assert "closing 1 connection(s) whose clients stopped reading" in log, log[-3000:]
+    assert "Traceback" not in log and "Finished server process" in log, log[-3000:]

@@ -7,12 +7,15 @@
     rnnlm sample DIR [--prompt ...] | rnnlm eval DIR --text FILE                       torch-free runtime
     rnnlm serve DIR [--host 127.0.0.1 --port 8000 --api-key KEY ...]                   HTTP, OpenAI completions
 
-Bad input raises RnnlmError, printed here as one line (exit status 2).
+Bad input raises RnnlmError, printed here as one line (exit status 2); a bad option is an argparse
+error (status 2). A reader that closes stdout (`rnnlm sample DIR | head`) ends the command quietly
+with status 0, Ctrl-C with status 130, neither with a traceback.
 """
 
 import argparse
 import importlib
 import logging
+import math
 import os
 import sys
 import time
@@ -137,45 +140,111 @@ def command_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the folder to write (an earlier export there is replaced)")
     p.add_argument("--quantize", choices=["int8"], help="onnxruntime dynamic int8 quantization")
     p.set_defaults(run=deferred("rnnlm.export", "export_command"))
-    p = commands.add_parser("sample", help="stream text from an exported folder (runtime only, no torch)")
+    # The runtime's options are checked here (finite, in range), so that a bad one is an argparse error.
+    p = commands.add_parser("sample", help="stream text from an exported folder (runtime only, no torch)",
+                            usage="%(prog)s DIR [options]  (--help lists them)")
     runtime_arguments(p)
-    p.add_argument("--prompt", default="", help="the text to continue (default: the start token)")
-    p.add_argument("-n", "--max-new-tokens", type=int, help="tokens to sample (default: the manifest's)")
-    p.add_argument("--temperature", type=float, help="0 is greedy (default: the manifest's)")
-    p.add_argument("--top-k", type=int, help="sample among the k most probable tokens (0: all)")
-    p.add_argument("--top-p", type=float, help="sample among the most probable tokens of this mass (1: all)")
-    p.add_argument("--stop", action="append", help="stop before this string (repeatable)")
-    p.add_argument("--seed", type=int, help="the same seed gives the same text")
+    p.add_argument("--prompt", type=text(), default="", help="the text to continue (default: the start token)")
+    p.add_argument("-n", "--max-new-tokens", type=bounded(int, 1), help="tokens to sample (default: the manifest's)")
+    p.add_argument("--temperature", type=bounded(float, 0), help="0 is greedy (default: the manifest's)")
+    p.add_argument("--top-k", type=bounded(int, 0), help="sample among the k most probable tokens (0: all)")
+    p.add_argument("--top-p", type=bounded(float, 0, 1, above=True),
+                   help="sample among the most probable tokens of this mass (1: all)")
+    p.add_argument("--stop", type=text(empty=False), action="append", help="stop before this string (repeatable)")
+    p.add_argument("--seed", type=bounded(int, 0, MAX_SEED), help="the same seed gives the same text")
     p.set_defaults(run=deferred("rnnlm.runtime.commands", "sample_command"))
-    p = commands.add_parser("eval", help="bits per character of a text under an exported folder (runtime only)")
+    p = commands.add_parser("eval", help="bits per character of a text under an exported folder (runtime only)",
+                            usage="%(prog)s DIR --text FILE [options]  (--help lists them)")
     runtime_arguments(p)
     p.add_argument("--text", required=True, help="a UTF-8 text file to score")
     p.set_defaults(run=deferred("rnnlm.runtime.commands", "eval_command"))
-    p = commands.add_parser("serve", help="serve an exported folder over HTTP: OpenAI completions, continuous batching")
+    p = commands.add_parser("serve", help="serve an exported folder over HTTP: OpenAI completions, continuous batching",
+                            usage="%(prog)s DIR [options]  (--help lists them)")
     runtime_arguments(p, threads=1)  # one: the event loop and the clients want the other cores
     p.add_argument("--host", default="127.0.0.1", help="the address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="require `Authorization: Bearer KEY` (default: $RNNLM_API_KEY, else none)")
-    p.add_argument("--model-name", help="the model id clients send (default: the folder's name)")
-    for option, kind, what in [("--max-active", int, "sequences stepped together in one batch"),
-                               ("--max-queued", int, "sequences waiting for a slot before requests get 429"),
-                               ("--max-tokens", int, "the largest max_tokens a request may ask"),
-                               ("--max-prompt-tokens", int, "the longest prompt, in tokens"),
-                               ("--max-body-bytes", int, "the largest request body"),
-                               ("--timeout", float, "seconds a request may take, queue included"),
-                               ("--shutdown-grace", float, "seconds running requests get after SIGTERM"),
-                               ("--stream-interval", float, "seconds between writes to a stream after its first text")]:
-        p.add_argument(option, type=kind, help=f"{what} (the startup log shows the default)")
+    p.add_argument("--port", type=bounded(int, 1, 65535), default=8000)
+    p.add_argument("--api-key", type=checked("check_api_key"), default=os.environ.get(API_KEY_ENV),
+                   help=f"require `Authorization: Bearer KEY`, KEY compared as UTF-8 bytes; no whitespace or control "
+                        f"characters (default: ${API_KEY_ENV}, else none; an empty key is an error)")
+    p.add_argument("--model-name", type=checked("check_model_id"),
+                   help="the model id clients send (default: the folder's name)")
+    for option, kind, low, what in [
+        ("--max-active", int, 1, "sequences stepped together in one batch"),
+        ("--max-queued", int, 0, "sequences waiting for a slot before requests get 429"),
+        ("--max-tokens", int, 1, "the largest max_tokens a request may ask"),
+        ("--max-prompt-tokens", int, 1, "the longest prompt, in tokens"),
+        ("--max-body-bytes", int, 1, "the largest request body"),
+        ("--timeout", float, 0, "seconds from a request's arrival to its last token (> 0)"),
+        ("--shutdown-grace", float, 0, "seconds running requests get after SIGTERM or SIGINT"),
+        ("--stream-interval", float, 0, "seconds between writes to a stream after its first text"),
+    ]:
+        checked_type = bounded(kind, low, above=option == "--timeout")
+        p.add_argument(option, type=checked_type, help=f"{what} (the startup log shows the default)")
     p.set_defaults(run=deferred("rnnlm.runtime.server", "serve_command"))
     return parser
 
 
+API_KEY_ENV = "RNNLM_API_KEY"  # serve's --api-key default
+MAX_SEED = 2**64 - 1  # seeds are integers in [0, 2^64)
+
+
 def runtime_arguments(parser: argparse.ArgumentParser, threads: int | None = None) -> None:
     parser.add_argument("model", help="an exported folder (rnnlm export)")
-    parser.add_argument("--threads", type=int, default=threads,
-                        help=f"onnxruntime intra-op threads (default: {threads or 'its choice'})")
+    parser.add_argument("--threads", type=bounded(int, 1, os.cpu_count()), default=threads,
+                        help=f"onnxruntime intra-op threads, at most this machine's {os.cpu_count()} "
+                             f"(default: {threads or 'its choice'})")
     parser.add_argument("--unknown", choices=UNKNOWN_POLICIES, default="error",
                         help="characters absent from a char vocabulary: error (default), drop or replace them")
+
+
+def bounded(kind: type, low: float, high: float | None = None, above: bool = False):
+    """An argparse type: an int or a finite float from low to high (above: greater than low); nan, inf,
+    and what is out of range are argparse errors that say the range."""
+    what = "an integer" if kind is int else "a number"
+    limits = (f"> {low}" if above else f">= {low}") if high is None else \
+        (f"in ({low}, {high}]" if above else f"from {low} to {high}")
+
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except (ValueError, OverflowError):
+            number = None
+        if number is None or kind is float and not math.isfinite(number) or number < low \
+                or above and number == low or high is not None and number > high:
+            raise argparse.ArgumentTypeError(f"must be {what} {limits}, got {value!r}")
+        return number
+
+    return parse
+
+
+def text(empty: bool = True):
+    """An argparse type: Unicode text (the shell may pass bytes that are not UTF-8), non-empty unless empty."""
+
+    def parse(value: str) -> str:
+        if not empty and not value:
+            raise argparse.ArgumentTypeError("must not be empty")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise argparse.ArgumentTypeError("is not UTF-8 text (the shell passed bytes UTF-8 cannot decode)") from None
+        return value
+
+    return parse
+
+
+def checked(check: str):
+    """An argparse type from a check of rnnlm.runtime.server (imported only when `serve` parses):
+    its RnnlmError becomes the argparse error, without the value (it may be a secret)."""
+
+    def parse(value: str) -> str:
+        from rnnlm.runtime import server
+
+        try:
+            return getattr(server, check)(value)
+        except RnnlmError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
 
 
 def deferred(module: str, function: str):
@@ -197,6 +266,13 @@ def main(argv: list[str] | None = None) -> None:
     except RnnlmError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:
+        # The reader of stdout left (`rnnlm sample DIR | head`): end quietly, with stdout pointed at
+        # /dev/null so that the interpreter's last flush of it cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except KeyboardInterrupt:  # Ctrl-C (serve drains instead: it handles SIGINT itself)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ shutdown grace), then fills free slots of the batch from the queue, and runs one
 for the whole batch on a worker thread, so the event loop keeps serving HTTP while onnxruntime
 computes. A finished sequence leaves the batch at once and its slot goes to the next one waiting.
 A sequence's text depends only on its own prompt, params and seed, never on what shares its batch.
+A sequence the model fails (finish_reason "error") cuts its own request, never the rest of the batch.
 
 Streams receive their text in flushes: a job's first text and its end go out at once, the rest
 every `stream_interval` seconds, so that a stream costs one write per interval rather than one per
@@ -24,7 +25,7 @@ from rnnlm.runtime.generator import Generator
 from rnnlm.runtime.metrics import Metrics
 from rnnlm.runtime.sequence import Sequence
 
-log = logging.getLogger("rnnlm.server")
+log = logging.getLogger(__name__)
 Piece = tuple[int, str, str | None]  # (choice index, text released, finish_reason once finished)
 END = None  # the last item of a job's outbox
 
@@ -105,13 +106,14 @@ class Scheduler:
     def draining(self) -> bool:
         return self._closing_at is not None
 
-    def submit(self, sequences: list[Sequence], timeout: float, stream: bool) -> Job:
-        """Queue a request's sequences; they join the batch at the next step with free slots."""
+    def submit(self, sequences: list[Sequence], deadline: float, stream: bool) -> Job:
+        """Queue a request's sequences; they join the batch at the next step with free slots. The job is
+        cut ("timeout") once time.monotonic() passes deadline (the server's: arrival + timeout)."""
         if self.draining:
             raise ShuttingDown
         if len(self.active) + len(self.waiting) + len(sequences) > self.max_active + self.max_queued:
             raise QueueFull
-        job = Job(sequences, time.monotonic() + timeout, stream)
+        job = Job(sequences, deadline, stream)
         self.waiting.extend((job, k) for k in range(len(sequences)))
         self._wake.set()
         return job
@@ -175,7 +177,10 @@ class Scheduler:
             self._next_flush = now + self.stream_interval
         going_on = []
         for (job, k), sequence, piece in zip(self.active, sequences, pieces, strict=True):
-            if job.live:
+            if job.live and sequence.finish_reason == "error":  # the model failed this sequence alone
+                log.error("the model failed a sequence (%s); its request is cut", getattr(sequence, "error", None))
+                job.end("failed")
+            elif job.live:
                 job.release(k, piece, sequence.finish_reason)
                 job.flush(due)
                 if job.live and not sequence.finished:
