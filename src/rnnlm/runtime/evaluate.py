@@ -37,7 +37,7 @@ def bits_per_character(generator: Generator, text: str, unknown: str = "error") 
     inputs = np.concatenate([[generator.start_token], targets[:-1]])  # (T,): the start token predicts the first
     session = generator.session
     buffers = session.buffers(1)
-    buffers.past_hidden[...] = 0
+    buffers.reset()
     nats = 0.0
     logits = np.empty((CHUNK, generator.manifest.vocab_size), np.float32)  # (chunk, V)
     for start in range(0, len(inputs), CHUNK):
@@ -46,7 +46,7 @@ def bits_per_character(generator: Generator, text: str, unknown: str = "error") 
             buffers.input_ids[0] = inputs[start + t]
             session.run(buffers)
             logits[t] = buffers.logits[0]
-            buffers.past_hidden[...] = buffers.present_hidden
+            buffers.carry()
         nats += _nll(logits[:n].astype(np.float64), targets[start:start + n])
     return Score(bpc=nats / math.log(2) / len(text), nats=nats, tokens=len(targets), chars=len(text))
 

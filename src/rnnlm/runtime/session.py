@@ -37,14 +37,15 @@ class StepBuffers:
     present: tuple[np.ndarray, ...]
     binding: ort.IOBinding
 
-    @property
-    def past_hidden(self) -> np.ndarray:
-        """h(t-1) of every layer, (L, B, H): the state tensor every cell has, listed first."""
-        return self.past[0]
+    def reset(self) -> None:
+        """Every row's state to zeros: a new sequence."""
+        for past in self.past:
+            past[...] = 0
 
-    @property
-    def present_hidden(self) -> np.ndarray:
-        return self.present[0]
+    def carry(self) -> None:
+        """The state the last call returned becomes the next call's input, for every state tensor."""
+        for past, present in zip(self.past, self.present, strict=True):
+            past[...] = present
 
 
 class StepSession:
