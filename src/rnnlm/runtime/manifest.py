@@ -152,6 +152,9 @@ SCHEMA = (
 )
 
 
+TYPE_NAMES = {float: "a number", int: "an integer", str: "a string", dict: "an object", list: "a list"}
+
+
 def _typed(value: object, kind: type) -> bool:
     if isinstance(value, bool):
         return False
@@ -191,9 +194,9 @@ def check_schema(data: dict, where: str) -> None:
             if value is None and field.optional:
                 continue
             if not _typed(value, field.type):
-                kind = {float: "a number", int: "an integer", str: "a string", dict: "an object", list: "a list"}
                 got = "nothing" if value is None else _show(value)
-                raise RnnlmError(f"{where} lacks a valid {name} ({kind[field.type]}), it has {got}; {EXPORT_ADVICE}")
+                raise RnnlmError(f"{where} lacks a valid {name} ({TYPE_NAMES[field.type]}), it has {got}; "
+                                 f"{EXPORT_ADVICE}")
             if field.rule is not None and not field.rule.holds(value, data):
                 got = f", got {_show(value)}" if field.rule.shows_value else ""
                 raise RnnlmError(f"{where}: {name} must be {field.rule.says}{got}; {EXPORT_ADVICE}")
