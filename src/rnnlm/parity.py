@@ -16,11 +16,12 @@ vocabulary), torch and the int8 graph each carrying its own state over the same 
 `rnnlm eval` does. On each set, the mean KL must be at most INT8_BOUNDS["kl_mean"] nats and the
 top-1 agreement at least INT8_BOUNDS["top1_agreement"].
 
-What was measured (tests/test_export.py has the models): legitimate int8 graphs of random and of
-trained-like models (H = 32 to 1024, V = 65 to 4,000, 1 or 2 layers, and char models trained for 400
-steps) gave a mean KL of at most 0.0015 nats and top-1 agreement of at least 0.97; broken graphs of
-trained models (a weight matrix zeroed, V scaled by 0.8 or 1.5, U scaled by 1.2, one row of V zeroed,
-noise on c) gave a mean KL of 0.017 to 0.76 nats on at least one of the two sets.
+What was measured (tests/test_export.py checks four such models and four broken graphs): int8
+graphs of random and of trained-like models (H = 32 to 1024, V = 65 to 4,000, 1 or 2 layers, and
+char models trained for 400 steps) gave a mean KL of at most 0.0015 nats and top-1 agreement of at
+least 0.97; broken graphs of trained models (a weight matrix zeroed, V scaled by 0.8 or 1.5, U
+scaled by 1.2, one row of V zeroed, noise on c) gave a mean KL of 0.017 to 0.76 nats on at least
+one of the two sets.
 """
 
 import numpy as np
