@@ -23,7 +23,6 @@ when one of them finishes or the rows change.
 
 import contextlib
 import math
-from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 
 import numpy as np
@@ -33,11 +32,10 @@ from rnnlm.runtime.sampler import Noise, choose
 from rnnlm.runtime.sequence import Sequence
 from rnnlm.runtime.session import StepSession
 
-AHEAD_ELEMENTS = 1024  # noise computed per row at a time: `ahead` draws of V tokens, at most 16 draws
+AHEAD_ELEMENTS = 1 << 17  # the noise kept for all rows (1 MiB): `ahead` draws of V tokens per row, 1 to 256
 MAX_BINDINGS = 64  # bound onnxruntime bindings kept, two per batch size (which buffer is read)
 TINY = 1e-250  # temperatures below this may divide a logit difference to -inf
 NO_NOISE = -(1 << 62)  # a row's first noised draw number when it has no noise yet
-ASYNC_ELEMENTS = 16384  # a noise block at least this large (rows x ahead x V) is computed on a worker thread
 
 
 class Batch:
@@ -46,7 +44,6 @@ class Batch:
     def __init__(self, session: StepSession, vocab_size: int, model: str) -> None:
         self.session, self.vocab_size, self.model = session, vocab_size, model
         self.noise = Noise(vocab_size)
-        self.ahead = max(1, min(16, AHEAD_ELEMENTS // vocab_size))
         self.rows: list[Sequence] = []
         self.lazy = False  # the rows' tokens are logged, and accepted by their sequences later
         self.capacity = 0
@@ -59,17 +56,18 @@ class Batch:
         self._noise_steps = 0  # steps for which every sampled row's noise is known to be there
         self._offset: int | None = None  # every row's current draw is noise[row, offset] (None: they differ)
         self._quiet_steps = 0  # steps for which no lazy row can reach its length
+        self._uncounted = 0  # steps at which every row drew, not yet added to rowwise["count"]
         self._unit_temperature = False  # every row samples at temperature 1: no division
-        self._worker: ThreadPoolExecutor | None = None  # computes large noise blocks while onnxruntime runs
         self._log: list[tuple[np.ndarray | None, np.ndarray]] = []  # lazy steps: (rows or None for all, tokens)
         self._grow(8)
 
     # ------------------------------------------------------------------------- arrays
 
     def _grow(self, capacity: int) -> None:
-        """(Re)allocate every row array for capacity rows."""
-        V, K = self.vocab_size, self.ahead
-        self.capacity = capacity
+        """(Re)allocate every row array for capacity rows; the fewer rows, the more draws of noise ahead."""
+        V = self.vocab_size
+        self.capacity, self.ahead = capacity, max(1, min(256, AHEAD_ELEMENTS // (capacity * V)))
+        K = self.ahead
         self.state = [[np.zeros(capacity * int(np.prod(s.row_shape)), np.float32) for _ in range(2)]
                       for s in self.session.state]  # per state tensor, two flat buffers
         self.input_ids = np.zeros(capacity, np.int64)
@@ -115,14 +113,11 @@ class Batch:
             self._feed_prompts()
             if self._prefilling:
                 at = np.setdiff1d(np.arange(B), self._prefilling, assume_unique=True)
-        refill = self._refill(at) if self._noise_steps <= 0 and (at is None or len(at)) else None
-        self.session.run(self._binding(B))  # onnxruntime releases the GIL: a refill may run meanwhile
+        self.session.run(self._binding(B))
         self._parity = 1 - self._parity
-        if refill is not None:
-            refill.result()
         logits = self.logits[:B] if at is None else self.logits[at]  # (b, V)
         ended = False
-        if not math.isfinite(logits.sum()):  # one pass; an overflowing sum of finite logits is checked again
+        if not math.isfinite(np.add.reduce(logits, axis=None)):  # one pass; a sum that overflows is checked again
             at, ended = self._fail_non_finite(at, logits), True
             logits = self.logits[at]
         if at is not None and not len(at):
@@ -132,10 +127,16 @@ class Batch:
         greedy = None if self._greedy is None else self._greedy[rows]
         top_k, top_p = (None, None) if self._filters is None else (f[rows] for f in self._filters)
         temperature = None if self._unit_temperature else rw["temperature"][rows]
+        if self._noise_steps <= 0:
+            self._refill(at)
         with self._overflow():
             tokens = choose(logits, temperature, self._noise(at), greedy, top_k, top_p)
         self.input_ids[rows] = tokens
-        rw["count"][rows] += 1
+        if at is None:
+            self._uncounted += 1
+        else:
+            self._count()
+            rw["count"][at] += 1
         if self.lazy:
             self._log.append((at, tokens))
             ended |= self._end_lazy_rows()
@@ -153,10 +154,10 @@ class Batch:
                 self._noise_steps = 0  # a row to draw for the first time
         self._prefilling = still
 
-    def _refill(self, at: np.ndarray | None) -> Future | None:
-        """Compute the next `ahead` draws' noise of the rows `at` (None: all) whose block is used up, and
-        note how many steps every one of them has noise for. A large block is computed on a worker
-        thread while onnxruntime runs the step (the Future says when it is done); a small one at once."""
+    def _refill(self, at: np.ndarray | None) -> None:
+        """Compute the next `ahead` draws' noise of the rows `at` (None: all) whose block is used up, in
+        one call, and note for how many steps every one of them has noise."""
+        self._count()
         rw, K, B = self.rowwise, self.ahead, len(self.rows)
         rows = slice(0, B) if at is None else at
         count = rw["count"][rows]
@@ -166,26 +167,16 @@ class Batch:
         stale = np.arange(B)[rows][left <= 0]
         left[left <= 0] = K
         self._noise_steps = int(left.min())
-        job = None
         if stale.size:
             first, keys = rw["count"][stale], rw["key"][stale]
-            rw["first"][stale] = first
             if stale[-1] == stale.size - 1:  # rows 0 .. n-1: fill in place
-                job = partial(self.noise.fill, rw["noise"][:stale.size], keys, first)
+                self.noise.fill(rw["noise"][:stale.size], keys, first)
             else:
-                def job():
-                    rw["noise"][stale] = self.noise.fill(np.empty((stale.size, K, self.vocab_size)), keys, first)
+                rw["noise"][stale] = self.noise.fill(np.empty((stale.size, K, self.vocab_size)), keys, first)
+            rw["first"][stale] = first
         offsets = count - rw["first"][rows]
         aligned = at is None and self._greedy is None and (offsets == offsets[0]).all()
         self._offset = int(offsets[0]) if aligned else None
-        if job is None:
-            return None
-        if stale.size * K * self.vocab_size < ASYNC_ELEMENTS:
-            job()
-            return None
-        if self._worker is None:
-            self._worker = ThreadPoolExecutor(1, thread_name_prefix="rnnlm-noise")
-        return self._worker.submit(job)
 
     def _noise(self, at: np.ndarray | None) -> np.ndarray:
         """The noise of the current draw of rows `at` (None: all), (b, V), from the blocks `_refill` made."""
@@ -195,11 +186,18 @@ class Batch:
             self._offset += 1
             return rw["noise"][:B, self._offset - 1]  # (B, V) a view
         self._offset = None
+        self._count()
         rows = slice(0, B) if at is None else at
         offset = rw["count"][rows] - rw["first"][rows]
         if self._greedy is not None:
             np.clip(offset, 0, self.ahead - 1, out=offset)
         return rw["noise"][np.arange(B)[rows], offset]
+
+    def _count(self) -> None:
+        """Add the steps at which every row drew to the rows' counts."""
+        if self._uncounted:
+            self.rowwise["count"][:len(self.rows)] += self._uncounted
+            self._uncounted = 0
 
     def _fail_non_finite(self, at: np.ndarray | None, logits: np.ndarray) -> np.ndarray:
         """End the sequences whose logits are not all finite; return the other rows that were to be sampled."""
@@ -219,6 +217,7 @@ class Batch:
         self._quiet_steps -= 1
         if self._quiet_steps > 0:
             return False
+        self._count()
         B, rw = len(self.rows), self.rowwise
         left = rw["limit"][:B] - rw["count"][:B]  # >= 0
         done = (left == 0).any()
@@ -246,6 +245,7 @@ class Batch:
         """Make live (unfinished sequences started by this batch's Generator) the rows, in that order.
         lazy: log their tokens, to be accepted by the sequences when one finishes or the rows change."""
         self._flush()
+        self._count()
         old, staying = self.rows, {id(s) for s in live}
         for r, s in enumerate(old):
             if id(s) not in staying:
@@ -262,7 +262,10 @@ class Batch:
             self._grow(max(B, 2 * self.capacity))
         self.input_ids[here] = input_ids[src[here]]
         for name, array in rowwise.items():
-            self.rowwise[name][here] = array[src[here]]
+            if array.shape[1:] == self.rowwise[name].shape[1:]:  # noise ahead of another length is redrawn
+                self.rowwise[name][here] = array[src[here]]
+        if rowwise["noise"].shape != self.rowwise["noise"].shape:
+            self.rowwise["first"][here] = NO_NOISE
         target = 1 - self._parity
         for k, tensor in enumerate(self.session.state):
             before = _shaped(state[k][self._parity], tensor, B0)

@@ -84,7 +84,7 @@ def _is_number(x) -> bool:
 
 # ----------------------------------------------------------------------------- the counter-based draws
 
-SHIFTS = np.uint32(8), np.uint32(15), np.uint32(16)
+SHIFTS = np.uint32(8), np.uint32(15), np.uint32(16)  # numpy scalars: no conversion at each call
 MULTIPLIERS = np.uint32(0x7FEB352D), np.uint32(0x846CA68B)
 
 
@@ -147,9 +147,9 @@ class Noise:
         _hash(x, t)
         x += np.asarray(keys, np.uint32)[:, None, None]
         _hash(x, t)
-        x >>= SHIFTS[0]
-        np.add(x, 0.5, out=out)
-        out *= 2.0**-24  # u, exactly
+        x >>= SHIFTS[0] - 1
+        x |= 1  # 2 (bits >> 8) + 1
+        np.multiply(x, 2.0**-25, out=out)  # u = ((bits >> 8) + 0.5) / 2^24, exactly
         np.log(out, out=out)
         np.negative(out, out=out)
         return np.log(out, out=out)  # log(-log u)
@@ -167,8 +167,8 @@ def choose(logits: np.ndarray, temperature: np.ndarray | None, noise: np.ndarray
     greedy: (B,) bool, or None when no row is greedy (those rows take the argmax of their logits,
     and their temperature and noise are not read); top_k, top_p: (B,), or None when no row filters.
     Returns ids (B,) int64."""
-    m = np.maximum.reduce(logits, axis=1, keepdims=True)  # (B, 1) the largest logit, which every filter keeps
-    z = np.subtract(logits, m, dtype=np.float64)  # (B, V) in float64
+    z = logits.astype(np.float64)  # (B, V)
+    z -= z.max(axis=1, keepdims=True)  # - m, the largest logit, which every filter keeps
     if temperature is not None:
         if greedy is not None:
             temperature = np.where(greedy, 1.0, temperature)

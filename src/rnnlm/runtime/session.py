@@ -131,4 +131,8 @@ class StepSession:
 
     def run(self, buffers: StepBuffers) -> None:
         """One step: reads buffers.input_ids and past, writes logits and present."""
-        self.session.run_with_iobinding(buffers.binding)
+        native = getattr(self.session, "_sess", None)  # onnxruntime's C++ session, where this version has one
+        if native is None:
+            self.session.run_with_iobinding(buffers.binding)
+        else:  # the Python wrapper checks for WebGPU graph capture first: ~8 us, a tenth of a small model's step
+            native.run_with_iobinding(buffers.binding._iobinding, None)
