@@ -1,4 +1,5 @@
-"""Training throughput: RNNLM with the hand-written backward, RNNLM with autograd's, and torch's nn.RNN.
+"""Training throughput: RNNLM with the hand-written backward, RNNLM with autograd's, and torch's own layer
+(nn.RNN, nn.GRU, nn.LSTM), for each cell.
 
 Each contender does full training steps (forward, backward, AdamW step) on random batches of B = 64
 streams of T = 128 tokens from a 65-symbol vocabulary (tinyshakespeare's characters). After a warm-up
@@ -8,9 +9,10 @@ the median over rounds. Peak memory is measured in a fresh process per contender
 after a warm-up with a tiny model, the peak resident set over a few training steps less the resident
 set before the model was built, so it counts parameters, gradients, optimiser state and activations
 (Linux only: it reads /proc; on CUDA, the peak allocated instead).
-The last row is the seed's way for reference: one sequence, a numpy loop, Adagrad.
+The last row is the seed's way for reference: one sequence, a numpy loop, Adagrad (with the rnn cell).
 
-    python benchmarks/train.py [--sizes 256 512 1024] [--seconds 30] [--device cpu]
+    python benchmarks/train.py [--cells rnn gru lstm] [--sizes 256 512] [--seconds 30] [--device cpu]
+    python benchmarks/train.py --cells gru lstm --seconds 5     # the gated rows alone, in a few minutes
 """
 
 import argparse
@@ -30,18 +32,22 @@ from torch import nn
 from rnnlm.model import RNNLM, ModelConfig
 
 VOCAB, B, T = 65, 64, 128
-SIZES = (256, 512, 1024)
-CONTENDERS = ("RNNLM manual", "RNNLM autograd", "nn.RNN")
-SECONDS_PER_SIZE, MIN_ROUNDS = 30.0, 3  # the timing of make bench: about 3 x 30 s on a 2-core CPU
+TORCH_LAYERS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}  # each cell's own torch layer, the baseline
+SIZES = {"rnn": (256, 512, 1024), "gru": (256, 512), "lstm": (256, 512)}
+SECONDS_PER_SIZE, MIN_ROUNDS = 30.0, 3  # the timing of make bench: about 7 x 30 s on a 2-core CPU
+
+
+def contenders(cell: str) -> tuple[str, ...]:
+    return ("RNNLM manual", "RNNLM autograd", f"nn.{TORCH_LAYERS[cell].__name__}")
 
 
 class TorchRNN(nn.Module):
-    """The reference: Embedding + nn.RNN + Linear, time-major like RNNLM inside (nn.RNN's fastest layout)."""
+    """The reference: Embedding + nn.RNN/GRU/LSTM + Linear, time-major like RNNLM inside (torch's fastest layout)."""
 
-    def __init__(self, hidden_size: int) -> None:
+    def __init__(self, cell: str, hidden_size: int) -> None:
         super().__init__()
         self.embed = nn.Embedding(VOCAB, hidden_size)
-        self.rnn = nn.RNN(hidden_size, hidden_size)
+        self.rnn = TORCH_LAYERS[cell](hidden_size, hidden_size)
         self.head = nn.Linear(hidden_size, VOCAB)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -50,14 +56,14 @@ class TorchRNN(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), targets.t().flatten())
 
 
-def contender(name: str, hidden_size: int, device: str):
-    """One training step (forward, backward, AdamW) of the named contender, on a fixed batch."""
+def contender(name: str, cell: str, hidden_size: int, device: str):
+    """One training step (forward, backward, AdamW) of the named contender with the cell, on a fixed batch."""
     torch.manual_seed(0)
-    if name == "nn.RNN":
-        model = TorchRNN(hidden_size).to(device)
+    if name.startswith("nn."):
+        model = TorchRNN(cell, hidden_size).to(device)
         loss_fn = model
     else:
-        model = RNNLM(ModelConfig(VOCAB, hidden_size, bptt=name.split()[1])).to(device)
+        model = RNNLM(ModelConfig(VOCAB, hidden_size, cell=cell, bptt=name.split()[1])).to(device)
         loss_fn = lambda x, y: model(x, None, y)[2]  # noqa: E731
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(VOCAB, (B, T), device=device)  # (B, T)
@@ -81,22 +87,22 @@ def seconds(train_step, device: str) -> float:
     return time.perf_counter() - start
 
 
-def tokens_per_second(hidden_size: int, budget_s: float, device: str) -> tuple[dict[str, float], int]:
+def tokens_per_second(cell: str, hidden_size: int, budget_s: float, device: str) -> tuple[dict[str, float], int]:
     """Median training tokens/s of each contender, measured in turns, and the number of rounds."""
-    steps_of = {name: contender(name, hidden_size, device) for name in CONTENDERS}
+    steps_of = {name: contender(name, cell, hidden_size, device) for name in contenders(cell)}
     for train_step in steps_of.values():
         train_step()  # warm-up
-    rates, start = {name: [] for name in CONTENDERS}, time.perf_counter()
-    while len(rates[CONTENDERS[0]]) < MIN_ROUNDS or time.perf_counter() - start < budget_s:
+    rates, start = {name: [] for name in steps_of}, time.perf_counter()
+    while len(rates["RNNLM manual"]) < MIN_ROUNDS or time.perf_counter() - start < budget_s:
         for name, train_step in steps_of.items():
             rates[name].append(B * T / seconds(train_step, device))
-    return {name: statistics.median(r) for name, r in rates.items()}, len(rates[CONTENDERS[0]])
+    return {name: statistics.median(r) for name, r in rates.items()}, len(rates["RNNLM manual"])
 
 
-def peak_memory_mib(name: str, hidden_size: int, device: str) -> float:
+def peak_memory_mib(name: str, cell: str, hidden_size: int, device: str) -> float:
     """Peak memory of training, in a fresh process so earlier contenders leave no trace."""
     out = subprocess.run(
-        [sys.executable, __file__, "--peak-memory", name, str(hidden_size), "--device", device],
+        [sys.executable, __file__, "--peak-memory", name, cell, str(hidden_size), "--device", device],
         capture_output=True, text=True, check=True,
     )
     return json.loads(out.stdout)
@@ -110,8 +116,8 @@ def resident_mib(field: str) -> float:
     raise KeyError(field)
 
 
-def measure_peak_memory(name: str, hidden_size: int, device: str) -> float:
-    contender(name, 8, device)()  # loads the kernels and thread pools, which are not the model's memory
+def measure_peak_memory(name: str, cell: str, hidden_size: int, device: str) -> float:
+    contender(name, cell, 8, device)()  # loads the kernels and thread pools, which are not the model's memory
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     elif Path("/proc/self/clear_refs").exists():
@@ -119,7 +125,7 @@ def measure_peak_memory(name: str, hidden_size: int, device: str) -> float:
     else:
         return math.nan
     before = resident_mib("VmRSS")
-    train_step = contender(name, hidden_size, device)
+    train_step = contender(name, cell, hidden_size, device)
     for _ in range(3):
         train_step()
     if device == "cuda":
@@ -172,34 +178,46 @@ def seed_chars_per_second(rounds: int, hidden_size: int = 100, seq_len: int = 25
     return statistics.median(rates[1:])
 
 
-def main(sizes: tuple[int, ...] = SIZES, budget_s: float = SECONDS_PER_SIZE, device: str | None = None) -> str:
+def main(
+    cells: tuple[str, ...] = tuple(TORCH_LAYERS),
+    sizes: tuple[int, ...] | None = None,
+    budget_s: float = SECONDS_PER_SIZE,
+    device: str | None = None,
+) -> str:
+    """The table: for each cell, at its SIZES (or `sizes`), the three contenders side by side."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     memory = "peak CUDA MiB" if device == "cuda" else "peak RSS MiB"
     lines = [
-        f"### Training on {device}: B={B}, T={T}, vocab {VOCAB}, forward+backward+AdamW, median over rounds",
+        f"### Training on {device}: B={B}, T={T}, vocab {VOCAB}, one layer, forward+backward+AdamW, median over rounds",
         "",
-        f"| contender | H | tokens/s | RNNLM manual ÷ this | {memory} | rounds |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| cell | contender | H | tokens/s | RNNLM manual ÷ this | {memory} | rounds |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for hidden_size in sizes:
-        rate, rounds = tokens_per_second(hidden_size, budget_s, device)
-        for name in CONTENDERS:
-            mib = peak_memory_mib(name, hidden_size, device)
-            ratio = rate["RNNLM manual"] / rate[name]
-            lines.append(f"| {name} | {hidden_size} | {rate[name]:,.0f} | {ratio:.2f} | {mib:,.0f} | {rounds} |")
-    seed = seed_chars_per_second(MIN_ROUNDS)
-    lines.append(f"| the seed's way: numpy, batch 1, T=25, Adagrad (chars/s) | 100 | {seed:,.0f} | | | {MIN_ROUNDS} |")
+    for cell in cells:
+        for hidden_size in sizes or SIZES[cell]:
+            rate, rounds = tokens_per_second(cell, hidden_size, budget_s, device)
+            for name in contenders(cell):
+                mib = peak_memory_mib(name, cell, hidden_size, device)
+                ratio = rate["RNNLM manual"] / rate[name]
+                lines.append(f"| {cell} | {name} | {hidden_size} | {rate[name]:,.0f} | {ratio:.2f} | {mib:,.0f} "
+                             f"| {rounds} |")
+    if "rnn" in cells:
+        seed = seed_chars_per_second(MIN_ROUNDS)
+        lines.append(f"| rnn | the seed's way: numpy, batch 1, T=25, Adagrad (chars/s) | 100 | {seed:,.0f} | | | "
+                     f"{MIN_ROUNDS} |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--cells", choices=list(TORCH_LAYERS), nargs="+", default=list(TORCH_LAYERS))
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="H values (default: each cell's SIZES)")
     parser.add_argument("--seconds", type=float, default=SECONDS_PER_SIZE, help="time budget per size")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    parser.add_argument("--peak-memory", nargs=2, metavar=("CONTENDER", "H"), help=argparse.SUPPRESS)
+    parser.add_argument("--peak-memory", nargs=3, metavar=("CONTENDER", "CELL", "H"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peak_memory:
-        print(json.dumps(measure_peak_memory(args.peak_memory[0], int(args.peak_memory[1]), args.device or "cpu")))
+        name, cell, hidden_size = args.peak_memory
+        print(json.dumps(measure_peak_memory(name, cell, int(hidden_size), args.device or "cpu")))
     else:
-        print(main(tuple(args.sizes), args.seconds, args.device))
+        print(main(tuple(args.cells), tuple(args.sizes) if args.sizes else None, args.seconds, args.device))

@@ -23,11 +23,16 @@ apart, inside the reset gate. Initialisation as the vanilla cell's: U_*, W_* uni
 the fan-in, biases zero, except the LSTM's forget-gate bias b_f = 1 (Gers et al. 2000; Jozefowicz et al. 2015):
 the cell starts out remembering, so early gradients are not cut by f ≈ 1/2 at every step.
 
-The parameters are per gate, named as above. The time loop needs them side by side: the gates' inputs are
-concatenated once per forward, U = [U_r; U_z; U_n] (3H, I) and W = [W_r; W_z; W_n] (3H, H) (for the LSTM,
-[·_i; ·_f; ·_g; ·_o], (4H, ·), torch's order), which costs one (kH, H) copy per window of T·B rows, about
-1/(T·B) of the window's arithmetic. Then the input projection U x + b of all T steps is one batched op, and each
-step holds one (B, H) x (H, kH) product and elementwise work.
+The parameters are per gate, named as above, so a checkpoint, a test or nn.GRU's weights read them by their
+names. The time loop needs them side by side: they are stacked once per forward (a (kH, H) copy per window of
+T·B rows, about 1/(T·B) of the window's arithmetic), so that the input projection U x + b of all T steps is one
+batched op and each step one (B, H) x (H, kH) product plus elementwise work. Stacking per forward rather than
+storing stacked weights with per-gate views keeps every name a real parameter (and nn.Module's state_dict, the
+optimiser and weight decay see them as such) at no measurable cost. The LSTM stacks [·_i; ·_f; ·_g; ·_o],
+torch's order. The GRU stacks W as [W_r; W_z; W_n] but U and b as [·_n; ·_r; ·_z]: then its backward buffer
+[da_n, da_r, da_z, ∂L/∂m_n] holds ∂L/∂(U x + b) = [da_n; da_r; da_z] and ∂L/∂m = [da_r; da_z; ∂L/∂m_n] as two
+overlapping views, with no copy of either (and its forward splits the product in two, [W_r; W_z] with
+U x + b added and W_n with b_hn added, so that U_n x + b_n stays apart for the candidate).
 
 `gru_update` and `lstm_update` are one step of the equations: `RNNLM.step` runs them, and so does the autograd
 reference (`bptt="autograd"`) over T steps. `GRURecurrence` and `LSTMRecurrence` are the same recurrence as a
@@ -43,7 +48,7 @@ holds one (B, kH) x (kH, H) product and two or three elementwise ops.
         ∂L/∂r    = da_n ⊙ m_n                     da_r = ∂L/∂r ⊙ r (1 - r)         =: δ ⊙ A_r
         ∂L/∂m_n  = da_n ⊙ r                                                        =: δ ⊙ A_m
         ∂L/∂h(t-1) = ∂L/∂h(t-1)|above + δ ⊙ z + [da_r; da_z; ∂L/∂m_n] W
-        ∂L/∂W    = Σ_t [da_r; da_z; ∂L/∂m_n]ᵀ h(t-1)      ∂L/∂b_hn = Σ_t ∂L/∂m_n      ∂L/∂(U x + b) = [da_r; da_z; da_n]
+        ∂L/∂W    = Σ_t [da_r; da_z; ∂L/∂m_n]ᵀ h(t-1)      ∂L/∂b_hn = Σ_t ∂L/∂m_n      ∂L/∂(U x + b) = [da_n; da_r; da_z]
 
     LSTM, with δ = ∂L/∂h(t) and γ = ∂L/∂c(t):
         γ        = δ ⊙ o ⊙ (1 - tanh²c(t)) + γ(t+1) ⊙ f(t+1)                       (no t+1 term at T: ∂L/∂c(T) is given)
@@ -63,12 +68,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+ONE = torch.tensor(1.0)  # the 1 of 1 - x², broadcast by addcmul: one pass, no temporary
+
 # ----------------------------------------------------------------------------- one step: the equations
 
 
 def gru_update(a_x: torch.Tensor, h: torch.Tensor, W: torch.Tensor, b_hn: torch.Tensor) -> torch.Tensor:
-    """h(t) from a_x = [U_r x + b_r; U_z x + b_z; U_n x + b_n] (..., 3H), h = h(t-1) (..., H), W (3H, H)."""
-    a_r, a_z, a_n = a_x.chunk(3, dim=-1)  # (..., H) each
+    """h(t) from a_x = [U_n x + b_n; U_r x + b_r; U_z x + b_z] (..., 3H), h = h(t-1) (..., H),
+    W = [W_r; W_z; W_n] (3H, H) (the orders of GRULayer.INPUT and GATES)."""
+    a_n, a_r, a_z = a_x.chunk(3, dim=-1)  # (..., H) each
     m_r, m_z, m_n = F.linear(h, W).chunk(3, dim=-1)  # W h for all gates in one product: (..., H) each
     r = torch.sigmoid(a_r + m_r)
     z = torch.sigmoid(a_z + m_z)
@@ -111,7 +119,8 @@ def lstm_autograd(
 
 
 class GRURecurrence(torch.autograd.Function):
-    """h(1..T) from a_x, h(0), W and b_hn; gradients for all four. Use it through gru_manual."""
+    """h(1..T) from a_x = [a_n, a_r, a_z], h(0), W = [W_r; W_z; W_n] and b_hn; gradients for all four.
+    Use it through gru_manual."""
 
     @staticmethod
     def forward(ctx, a_x: torch.Tensor, h0: torch.Tensor, W: torch.Tensor, b_hn: torch.Tensor) -> torch.Tensor:
@@ -119,16 +128,14 @@ class GRURecurrence(torch.autograd.Function):
         H = H3 // 3
         h = a_x.new_empty(T + 1, B, H)  # h(0..T), one buffer, so h(t-1) for all t is the view h[:-1]
         h[0] = h0
-        gates = a_x.new_empty(T, B, 4 * H)  # per step [r, z, m_n, n], kept for backward
-        gates[..., :H3] = a_x  # the addmm below adds W h(t-1) to [a_r, a_z, ·] in place ...
-        gates[..., 2 * H : H3] = b_hn  # ... and to b_hn, giving m_n
-        a_n, Wt = a_x[..., 2 * H :], W.t()
+        gates = a_x.new_empty(T, B, 4 * H)  # per step [n, r, z, m_n], kept for backward
+        W_rz, W_n = W[: 2 * H].t(), W[2 * H :].t()  # (H, 2H), (H, H)
         steps = h.unbind(0)
         for t in range(T):
-            g_t = gates[t]  # (B, 4H)
-            g_t[:, :H3].addmm_(steps[t], Wt)  # [a_r + m_r, a_z + m_z, m_n]
-            rz, m_n, n = g_t[:, : 2 * H].sigmoid_(), g_t[:, 2 * H : H3], g_t[:, H3:]  # r, z in place
-            torch.addcmul(a_n[t], rz[:, :H], m_n, out=n).tanh_()  # n = tanh(a_n + r ⊙ m_n)
+            n, rz, m_n = gates[t].split([H, 2 * H, H], dim=1)  # (B, H), (B, 2H), (B, H)
+            torch.addmm(a_x[t, :, H:], steps[t], W_rz, out=rz).sigmoid_()  # r, z = σ(a + W h(t-1))
+            torch.addmm(b_hn, steps[t], W_n, out=m_n)  # m_n = W_n h(t-1) + b_hn
+            torch.addcmul(a_x[t, :, :H], rz[:, :H], m_n, out=n).tanh_()  # n = tanh(a_n + r ⊙ m_n)
             torch.lerp(n, steps[t], rz[:, H:], out=steps[t + 1])  # h = n + z ⊙ (h(t-1) - n)
         ctx.save_for_backward(h, gates, W)
         return h[1:]  # (T, B, H)
@@ -138,25 +145,27 @@ class GRURecurrence(torch.autograd.Function):
     def backward(ctx, grad_h: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         h, gates, W = ctx.saved_tensors  # (T + 1, B, H), (T, B, 4H), (3H, H)
         T, B, H = grad_h.shape
-        r, z, m_n, n = gates.split(H, dim=-1)  # (T, B, H) views
-        # the coefficients of δ(t) = ∂L/∂h(t), for all t at once: [A_r, A_z, A_m, A_n], turned into
-        # [da_r, da_z, ∂L/∂m_n, da_n] in place by the loop
+        n, r, z, m_n = gates.split(H, dim=-1)  # (T, B, H) views
+        # the coefficients of δ(t) = ∂L/∂h(t), for all t at once: [A_n, A_r, A_z, A_m], turned into
+        # [da_n, da_r, da_z, ∂L/∂m_n] in place by the loop; then ∂L/∂a_x = [da_n, da_r, da_z] and
+        # ∂L/∂m = [da_r, da_z, ∂L/∂m_n] are two overlapping views of it, in the orders of a_x and W: no copy
+        # (each x(1 - y) is x - x ⊙ y: two passes over memory and no temporary)
         coef = torch.empty_like(gates)
-        A_r, A_z, A_m, A_n = coef.split(H, dim=-1)
-        torch.mul(1 - z, 1 - n * n, out=A_n)
+        A_n, A_r, A_z, A_m = coef.split(H, dim=-1)
+        torch.addcmul(ONE, n, n, value=-1, out=A_n).addcmul_(A_n, z, value=-1)  # (1 - n²)(1 - z)
         torch.mul(A_n, r, out=A_m)
-        torch.mul(A_m * m_n, 1 - r, out=A_r)
-        torch.mul((h[:-1] - n) * z, 1 - z, out=A_z)
+        torch.mul(A_m, m_n, out=A_r).addcmul_(A_r, r, value=-1)  # A_n r m_n (1 - r)
+        torch.sub(h[:-1], n, out=A_z).mul_(z).addcmul_(A_z, z, value=-1)  # (h(t-1) - n) z (1 - z)
         grad_h = grad_h.contiguous()  # ∂L/∂h(t)|above: (T, B, H)
         coef_steps, z_steps, above = coef.unbind(0), z.unbind(0), grad_h.unbind(0)
         delta, delta_next = torch.empty_like(above[0]), above[-1].clone()  # δ(t), δ(t+1): (B, H)
         coef_steps[-1].view(B, 4, H).mul_(delta_next.unsqueeze(1))  # t = T: nothing flows back from T + 1
         for t in range(T - 2, -1, -1):  # index t holds step t + 1
             torch.addcmul(above[t], delta_next, z_steps[t + 1], out=delta)  # |above + δ(t+1) ⊙ z(t+1)
-            delta.addmm_(coef_steps[t + 1][:, : 3 * H], W)  # + [da_r; da_z; ∂L/∂m_n](t+1) W
+            delta.addmm_(coef_steps[t + 1][:, H:], W)  # + ∂L/∂m(t+1) W
             coef_steps[t].view(B, 4, H).mul_(delta.unsqueeze(1))  # the four gradients of step t + 1
             delta, delta_next = delta_next, delta
-        dm = coef[..., : 3 * H]  # [da_r, da_z, ∂L/∂m_n]: (T, B, 3H)
+        da_x, dm = coef[..., : 3 * H], coef[..., H:]  # (T, B, 3H) each
         dh0 = dW = db_hn = None
         if ctx.needs_input_grad[1]:
             dh0 = torch.addcmul(dm[0] @ W, delta_next, z_steps[0])  # (B, H)
@@ -164,7 +173,6 @@ class GRURecurrence(torch.autograd.Function):
             dW = dm.flatten(0, 1).t() @ h[:-1].flatten(0, 1)  # Σ_t dm(t)ᵀ h(t-1): (3H, T·B) x (T·B, H)
         if ctx.needs_input_grad[3]:
             db_hn = A_m.sum((0, 1))
-        da_x = torch.cat([coef[..., : 2 * H], A_n], dim=-1)  # [da_r, da_z, da_n]: (T, B, 3H)
         return da_x, dh0, dW, db_hn
 
 
@@ -177,11 +185,11 @@ class LSTMRecurrence(torch.autograd.Function):
         H = H4 // 4
         h, c = a_x.new_empty(T + 1, B, H), a_x.new_empty(T + 1, B, H)  # h(0..T), c(0..T)
         h[0], c[0] = h0, c0
-        gates = a_x.clone()  # [i, f, g, o] per step, activated in place below: (T, B, 4H)
+        gates = torch.empty_like(a_x)  # [i, f, g, o] per step: (T, B, 4H)
         tanh_c = a_x.new_empty(T, B, H)  # tanh c(t), kept for backward
         Wt, h_steps, c_steps = W.t(), h.unbind(0), c.unbind(0)
         for t in range(T):
-            g_t = gates[t].addmm_(h_steps[t], Wt)  # a_x + W h(t-1): (B, 4H)
+            g_t = torch.addmm(a_x[t], h_steps[t], Wt, out=gates[t])  # a_x + W h(t-1), activated in place: (B, 4H)
             g_t[:, : 2 * H].sigmoid_()  # i, f
             g_t[:, 2 * H : 3 * H].tanh_()  # g
             g_t[:, 3 * H :].sigmoid_()  # o
@@ -199,13 +207,14 @@ class LSTMRecurrence(torch.autograd.Function):
         i, f, g, o = gates.split(H, dim=-1)  # (T, B, H) views
         # the coefficients, for all t at once: of γ(t) for i, f, g and of δ(t) for o (turned into da in place by
         # the loop), and of δ(t) in γ(t)
+        # (each x(1 - y) is x - x ⊙ y: two passes over memory and no temporary)
         da = torch.empty_like(gates)  # (T, B, 4H)
         A_i, A_f, A_g, A_o = da.split(H, dim=-1)
-        torch.mul(g * i, 1 - i, out=A_i)
-        torch.mul(c[:-1] * f, 1 - f, out=A_f)
-        torch.mul(i, 1 - g * g, out=A_g)
-        torch.mul(tanh_c * o, 1 - o, out=A_o)
-        K_c = o * (1 - tanh_c * tanh_c)  # ∂c-path coefficient of δ: (T, B, H)
+        torch.addcmul(i, i, i, value=-1, out=A_i).mul_(g)  # i (1 - i) g
+        torch.addcmul(f, f, f, value=-1, out=A_f).mul_(c[:-1])  # f (1 - f) c(t-1)
+        torch.addcmul(ONE, g, g, value=-1, out=A_g).mul_(i)  # (1 - g²) i
+        torch.addcmul(o, o, o, value=-1, out=A_o).mul_(tanh_c)  # o (1 - o) tanh c
+        K_c = torch.addcmul(ONE, tanh_c, tanh_c, value=-1).mul_(o)  # o (1 - tanh²c), of δ in γ: (T, B, H)
         grad_h = grad_h.contiguous()  # ∂L/∂h(t)|above: (T, B, H)
         da_steps, K_steps, f_steps, above = da.unbind(0), K_c.unbind(0), f.unbind(0), grad_h.unbind(0)
         delta, gamma = above[-1].clone(), torch.addcmul(grad_c, above[-1], K_steps[-1])  # δ(T), γ(T): (B, H)
@@ -245,7 +254,8 @@ def lstm_manual(
 class GatedLayer(nn.Module):
     """Per gate k: U_k (H, I), W_k (H, H), b_k (H,), named as in the equations; a subclass names the gates."""
 
-    GATES: tuple[str, ...]
+    GATES: tuple[str, ...]  # the order of W's gates (and of U's, unless INPUT says otherwise)
+    INPUT: tuple[str, ...]  # the order of U's and b's gates, in U x + b
     STATE: tuple[str, ...]  # the state it carries: ("hidden",) or ("hidden", "cell")
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
@@ -264,17 +274,19 @@ class GatedLayer(nn.Module):
                 nn.init.zeros_(p)
 
     def stacked(self, letter: str) -> torch.Tensor:
-        """The gates' U, W or b side by side, in GATES order: (kH, I), (kH, H) or (kH,)."""
-        return torch.cat([getattr(self, f"{letter}_{k}") for k in self.GATES])
+        """The gates' U, W or b side by side: (kH, I), (kH, H) or (kH,), W in GATES order, U and b in INPUT's."""
+        return torch.cat([getattr(self, f"{letter}_{k}") for k in (self.GATES if letter == "W" else self.INPUT)])
 
     def input_projection(self, x: torch.Tensor) -> torch.Tensor:
-        """U x + b of every gate: a column lookup for token ids, a matmul above layer 0. (..., kH)."""
+        """U x + b of every gate, (..., kH): a matmul above layer 0; for token ids, a lookup of rows of the small
+        table Uᵀ + b (V, kH), which is U x + b for a one-hot x, in one gather of contiguous rows."""
         U, b = self.stacked("U"), self.stacked("b")
-        return F.linear(x, U, b) if x.is_floating_point() else F.embedding(x, U.t()) + b
+        return F.linear(x, U, b) if x.is_floating_point() else F.embedding(x, torch.add(U.t(), b))
 
 
 class GRULayer(GatedLayer):
     GATES, STATE = ("r", "z", "n"), ("hidden",)
+    INPUT = ("n", "r", "z")  # so that ∂L/∂(U x + b) and ∂L/∂(W h) share one buffer in the backward
     RECURRENCES = {"manual": gru_manual, "autograd": gru_autograd}
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
@@ -294,6 +306,7 @@ class GRULayer(GatedLayer):
 
 class LSTMLayer(GatedLayer):
     GATES, STATE = ("i", "f", "g", "o"), ("hidden", "cell")
+    INPUT = GATES
     RECURRENCES = {"manual": lstm_manual, "autograd": lstm_autograd}
     FORGET_BIAS = 1.0  # b_f at initialisation
 
