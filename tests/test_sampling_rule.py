@@ -175,3 +175,17 @@ def test_a_request_without_a_seed_gets_one_that_redraws_its_text(gen):
     assert 0 <= seed < 2**64 and gen.generate("the ", max_new_tokens=40, seed=seed) == sequence.text
     params = gen.params()
     assert params.seed is not None and params.offset(1).seed == (params.seed + 1) % 2**64
+
+
+def test_a_completion_without_a_seed_reports_the_one_it_drew(gen):
+    """The server's response carries `seed`: its choices are that seed + k, so the text can be drawn again."""
+    from rnnlm.runtime.completions import Responses, parse_request, start_sequences
+
+    request = parse_request(b'{"prompt": ["the ", "a"], "n": 2, "max_tokens": 30}', gen, "m", 100, 8)
+    sequences = start_sequences(request, gen, "error", 100)
+    while not all(s.finished for s in sequences):
+        gen.step(sequences)
+    body = Responses("m", request, sequences).body()
+    seed = body["seed"]
+    assert 0 <= seed < 2**64 and [c["text"] for c in body["choices"]] == [
+        gen.generate(p, max_new_tokens=30, seed=(seed + k) % 2**64) for k, p in enumerate(["the ", "the ", "a", "a"])]

@@ -182,7 +182,7 @@ class Responses:
     def __init__(self, model_id: str, request: CompletionRequest, sequences: list[Sequence]) -> None:
         self.request, self.sequences = request, sequences
         self.head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                     "model": model_id}
+                     "model": model_id, "seed": request.params.seed}  # drawn for the request when it gave none
         # Chunks are built by string concatenation around the head: this runs once per token per stream.
         self._chunk = json.dumps(self.head)[:-1] + ', "choices": [{"text": '
 
