@@ -61,6 +61,30 @@ describe('the same text as Python', { skip: SKIP }, () => {
     assert.equal(await generators.char.generate('KING', { maxNewTokens: 20, temperature: 1, seed: sequence.seed }), text);
   });
 
+  test('logits that are not all finite end that sequence with an error naming the model; the batch goes on', async () => {
+    const g = generators.char;
+    const { Tensor } = await import('onnxruntime-node');
+    const V = g.manifest.vocabSize;
+    const [state] = g.manifest.state;
+    const session = { // row 1's logits turn NaN at its third step
+      calls: 0,
+      async run(feeds) {
+        this.calls += 1;
+        const B = feeds[g.manifest.inputIds].dims[0];
+        const logits = new Float32Array(B * V).map((_, k) => (k % V) / V);
+        if (B > 1 && this.calls >= 3) logits[V + 5] = NaN;
+        return { [g.manifest.logits]: new Tensor('float32', logits, [B, V]), [state.output]: feeds[state.input] };
+      },
+    };
+    const faulty = new g.constructor(g.manifest, session, g.tokenizer, g.ort, 100, g.entropy);
+    const sequences = ['a', 'b'].map((p) => faulty.start(p, { maxNewTokens: 5, temperature: 0 }));
+    await assert.rejects(faulty.run(sequences), /the model in .*char yielded logits that are not all finite/);
+    assert.equal(sequences[0].finishReason, 'length');
+    assert.equal(sequences[0].tokenIds.length, 5);
+    assert.equal(sequences[1].finishReason, 'error');
+    assert.ok(sequences[1].tokenIds.every((id) => id >= 0 && id < V));
+  });
+
   test('bad options throw before any step, naming the option and its range', () => {
     const g = generators.char;
     const cases = [
