@@ -6,7 +6,8 @@ benchmarks run in name order; the report puts the machine first (CPU model, core
 threads, GPU if any, and the load average: other processes on the cores slow every number), is
 printed, and is written to `benchmarks/results/<date>-<hostname>.md`.
 
-    python benchmarks/run.py [NAME ...]     # only the named benchmarks, e.g. `train`
+    python benchmarks/run.py [NAME ...]     # only the named benchmarks, e.g. `generate`, written to
+                                            # results/<date>-<hostname>-<NAME>.md
 """
 
 import datetime
@@ -70,7 +71,8 @@ def main(names: list[str]) -> None:
     for path in paths:
         sections.append(run(path))
         print(f"\n{sections[-1]}", flush=True)
-    out = HERE / "results" / f"{now:%Y-%m-%d}-{socket.gethostname()}.md"
+    part = "".join(f"-{name}" for name in names)  # a partial run does not overwrite the day's full report
+    out = HERE / "results" / f"{now:%Y-%m-%d}-{socket.gethostname()}{part}.md"
     out.parent.mkdir(exist_ok=True)
     partial = out.with_suffix(".md.tmp")  # written whole, then moved: never a half report
     footer = f"Load average at the end: {load()}."
