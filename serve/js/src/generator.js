@@ -11,14 +11,13 @@
  * @module
  */
 
-import { checkManifest, EXPORT_ADVICE, MAX_MANIFEST_BYTES } from './manifest.js';
+import { checkManifest, EXPORT_ADVICE, MAX_MANIFEST_BYTES, MAX_NEW_TOKENS_CAP } from './manifest.js';
 import { offsetSeed, resolveOptions } from './options.js';
 import { sample } from './sampler.js';
 import { Sequence } from './sequence.js';
 import { CharTokenizer, UNKNOWN_POLICIES } from './tokenizers/char.js';
 import { SentencePieceTokenizer } from './tokenizers/sentencepiece.js';
 
-export const MAX_NEW_TOKENS_CAP = 10000;
 const MANIFEST_FILE = 'manifest.json';
 
 /**

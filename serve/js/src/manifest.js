@@ -16,7 +16,7 @@ export const BATCH = 'batch_size';
 export const EXPORT_ADVICE = 're-export it with `rnnlm export CKPT --out DIR`';
 const CELLS = ['rnn_tanh', 'rnn_relu'];
 const TOKENIZERS = ['char', 'bpe', 'unigram'];
-const MAX_NEW_TOKENS_CAP = 10000;
+export const MAX_NEW_TOKENS_CAP = 10000; // the most tokens a default (and, unless a Generator lowers it, a request) may ask
 export const MAX_MANIFEST_BYTES = 1 << 20;
 const MAX_JSON_DEPTH = 16; // objects and lists inside each other; an export's manifest has 5 levels
 
