@@ -142,10 +142,16 @@ class Noise:
             self._work = np.empty(2 * out.size, np.uint32)
         x = self._work[:out.size].reshape(out.shape)  # (R, K, V) uint32
         t = self._work[out.size:2 * out.size].reshape(out.shape)
-        n = (np.asarray(first, np.int64)[:, None] + np.arange(K)).astype(np.uint32)  # (R, K) mod 2^32
-        np.add(n[:, :, None], self.ids, out=x)
-        _hash(x, t)
-        x += np.asarray(keys, np.uint32)[:, None, None]
+        first = np.asarray(first, np.int64)
+        if (first == first[0]).all():  # rows drawing in step share lowbias32(n + lowbias32(i)): hash it once
+            inner = (first[0] + np.arange(K)).astype(np.uint32)[:, None] + self.ids  # (K, V) mod 2^32
+            _hash(inner, np.empty_like(inner))
+            np.add(np.asarray(keys, np.uint32)[:, None, None], inner, out=x)
+        else:
+            n = (first[:, None] + np.arange(K)).astype(np.uint32)  # (R, K) mod 2^32
+            np.add(n[:, :, None], self.ids, out=x)
+            _hash(x, t)
+            x += np.asarray(keys, np.uint32)[:, None, None]
         _hash(x, t)
         x >>= SHIFTS[0] - 1
         x |= 1  # 2 (bits >> 8) + 1
