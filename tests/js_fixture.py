@@ -5,7 +5,8 @@
 writes OUT/char and OUT/bpe (random two-layer models, H=32, exported by rnnlm.export with
 tokenizers trained on the tests' corpus), OUT/unigram.vocab.json (a unigram vocabulary), and
 OUT/expected.json: for each case, the request and the text the Python Generator writes for it;
-for each tokenizer, texts with the ids Python encodes them to and id lists with their decoded text.
+for each tokenizer, texts with the ids Python encodes them to and id lists with their decoded text;
+and the manifest's schema (each field's path, type and rule), which serve/js must mirror.
 tests/test_js.py runs it, then `node --test serve/js/test/` with RNNLM_JS_FIXTURE=OUT.
 """
 
@@ -82,6 +83,14 @@ def tokenizer_cases(tokenizer, rng: random.Random) -> dict:
             "id_lists": id_lists, "decoded": [tokenizer.decode(ids) for ids in id_lists]}
 
 
+def schema() -> list[dict]:
+    """The manifest's fields as the Python runtime checks them: serve/js must check the same."""
+    from rnnlm.runtime.manifest import AS_A_REQUEST, SCHEMA
+
+    return [{"path": f.path, "type": f.type.__name__, "optional": f.optional,
+             "rule": None if f.rule in (None, AS_A_REQUEST) else f.rule.says} for f in SCHEMA]
+
+
 def write(out: Path) -> Path:
     import torch
 
@@ -109,7 +118,8 @@ def write(out: Path) -> Path:
                 "texts": generators[m].generate_batch(ps, **python_options(o))} for m, ps, o in BATCHES]
     rng = random.Random(0)
     expected = {"generate": cases, "generate_batch": batches,
-                "tokenizers": {kind: tokenizer_cases(t, rng) for kind, t in tokenizers.items()}}
+                "tokenizers": {kind: tokenizer_cases(t, rng) for kind, t in tokenizers.items()},
+                "schema": schema()}
     path = out / "expected.json"
     path.write_text(json.dumps(expected, ensure_ascii=False, indent=1), encoding="utf-8")
     return path

@@ -42,8 +42,8 @@ def node_test(fixture: Path, *files: str) -> None:
 
 @pytest.mark.slow
 def test_node(fixture) -> None:
-    """The sampler's vectors, tokenizer ids and text against Python's, the same text for >= 20 requests."""
-    node_test(fixture, "test/sampler.test.js", "test/tokenizers.test.js", "test/generate.test.js")
+    """The sampler's vectors, tokenizer ids and text, the manifest schema and the text of >= 20 requests, as Python."""
+    node_test(fixture, *(f"test/{name}.test.js" for name in ("sampler", "tokenizers", "manifest", "generate")))
 
 
 @pytest.mark.slow

@@ -28,15 +28,20 @@ const matches = (re, says) => [(v) => re.test(v), says];
 const shape = (...dims) => [(v, m) => JSON.stringify(v) === JSON.stringify(dims.map((d) => (d === BATCH ? d : m[d]))),
   `[${dims.join(', ')}]`];
 const FILE_NAME = [(v) => v.length > 0 && new TextEncoder().encode(v).length <= 255 && v !== '.' && v !== '..'
-  && !/[/\\\x00-\x1f\x7f]/.test(v), "a plain file name inside the folder (no '/', '..' or NUL; at most 255 bytes)"];
+  && !/[/\\\x00-\x1f\x7f]/.test(v), "a plain file name inside the folder (no '/', '..' or NUL; at most 255 bytes)",
+  false]; // an error does not show the value: it may be a path outside the folder
 const GRAPH_NAME = matches(/^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$/, 'a graph I/O name (letters, digits, _ . : -)');
 const SHA256 = matches(/^[0-9a-f]{64}$/, '64 lowercase hex digits');
 const TYPES = { str: (v) => typeof v === 'string', int: isInt, float: isNumber, list: Array.isArray,
   dict: (v) => v !== null && typeof v === 'object' && !Array.isArray(v) };
-const KIND = { str: 'string', int: 'integer', float: 'number', list: 'list', dict: 'object' };
+const KIND = { str: 'a string', int: 'an integer', float: 'a number', list: 'a list', dict: 'an object' };
 
-/** [path, type, rule, optional]: the Python SCHEMA, row for row. "state[]." reaches every entry. */
-const SCHEMA = [
+/**
+ * [path, type, rule, optional]: the Python SCHEMA, row for row (tests compare them); a rule is
+ * [holds(value, manifest), what it says, whether an error shows the value]. "state[]." reaches
+ * every entry. The generation defaults are checked as a request's options are (checkOptions).
+ */
+export const SCHEMA = [
   ['format', 'str', oneOf(...FORMATS)],
   ['sampler', 'str', oneOf(RULE)],
   ['model.file', 'str', FILE_NAME],
@@ -130,10 +135,12 @@ export function checkManifest(raw, where) {
     for (const [name, value] of values(data, path)) {
       if (value === undefined && optional) continue;
       if (!TYPES[type](value)) {
-        throw new Error(`${where} lacks a valid ${name} (a ${KIND[type]}), it has `
+        throw new Error(`${where} lacks a valid ${name} (${KIND[type]}), it has `
           + `${value === undefined ? 'nothing' : show(value)}; ${EXPORT_ADVICE}`);
       }
-      if (rule && !rule[0](value, data)) throw new Error(`${where}: ${name} must be ${rule[1]}, got ${show(value)}; ${EXPORT_ADVICE}`);
+      if (rule && !rule[0](value, data)) {
+        throw new Error(`${where}: ${name} must be ${rule[1]}${rule[2] === false ? '' : `, got ${show(value)}`}; ${EXPORT_ADVICE}`);
+      }
     }
   }
   const g = data.generation;
