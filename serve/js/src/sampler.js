@@ -96,28 +96,37 @@ export function sample(logits, { temperature, topK, topP }, key, n) {
   if (temperature === 0) return best;
   const m = logits[best];
   const kept = (topK > 0 && topK < V) || topP < 1 ? keptTokens(logits, m, temperature, topK, topP) : null;
-  // The largest logit is scored first; then every token in id order, skipping those whose score
-  // cannot reach the best so far (the noise term is below NOISE_BOUND): the same argmax, ties to
-  // the lowest id, with most logarithms of a confident model's step left out.
-  let token = best;
-  let top = gumbelScore(0, key, n, best);
+  // Two passes give the rule's argmax with few logarithms. The first bounds each kept token's score
+  // from above by its u's bucket (NOISE_CEILING: no log); the second scores exactly, in id order,
+  // only the tokens whose bound reaches the best exact score so far, starting from the highest bound.
+  if (scratch.z.length < V) scratch = { z: new Float64Array(V), bound: new Float64Array(V), u: new Float64Array(V) };
+  const { z, bound, u } = scratch;
+  let first = -1; // the kept token with the highest bound (best is always kept, so there is one)
   for (let i = 0; i < V; i++) {
-    if (i === best || (kept !== null && !kept[i])) continue;
-    const z = (logits[i] - m) / temperature;
-    if (z + NOISE_BOUND < top) continue;
-    const score = gumbelScore(z, key, n, i);
+    if (kept !== null && !kept[i]) { bound[i] = -Infinity; continue; }
+    const bits = drawBits(key, n, i);
+    z[i] = (logits[i] - m) / temperature;
+    u[i] = uniform(bits);
+    bound[i] = z[i] + NOISE_CEILING[bits >>> (32 - BUCKET_BITS)];
+    if (first < 0 || bound[i] > bound[first]) first = i;
+  }
+  let token = first;
+  let top = z[first] - Math.log(-Math.log(u[first]));
+  for (let i = 0; i < V; i++) {
+    if (i === first || bound[i] + BOUND_SLACK < top) continue;
+    const score = z[i] - Math.log(-Math.log(u[i]));
     if (score > top || (score === top && i < token)) { top = score; token = i; }
   }
   return token;
 }
 
-/** Above -log(-log u) for every u of the rule (at most -log(-log(1 - 2^-25)) = 17.33). */
-const NOISE_BOUND = 17.5;
-
-/** The rule's score of token i: z - log(-log u(n, i)), z = (logit - m) / temperature. */
-function gumbelScore(z, key, n, i) {
-  return z - Math.log(-Math.log(uniform(drawBits(key, n, i))));
-}
+/** u's buckets by the top bits of `bits`: u < (b + 1) / 2^BUCKET_BITS in bucket b. */
+const BUCKET_BITS = 12;
+/** -log(-log u) at each bucket's upper end: above the noise of every u in the bucket (Infinity for the last). */
+const NOISE_CEILING = Float64Array.from({ length: 2 ** BUCKET_BITS }, (_, b) => -Math.log(-Math.log((b + 1) / 2 ** BUCKET_BITS)));
+/** What the rounding of a score and its bound may add up to, and far more: a bound this far below the best is below it. */
+const BOUND_SLACK = 1e-6;
+let scratch = { z: new Float64Array(0), bound: new Float64Array(0), u: new Float64Array(0) };
 
 /**
  * Which tokens top-k keeps (those whose logit is at least the k-th largest), then top-p over them:
