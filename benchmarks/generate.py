@@ -11,10 +11,10 @@ a torch eager sampling loop of the same model.
 The models have one tanh layer over a 65-symbol vocabulary (tinyshakespeare's characters) with random
 weights: speed does not depend on what the weights say. Every sequence samples at temperature 1 from
 the start token. The contenders of one row take turns, round after round, so a slow-down of the
-shared machine hits them alike; a number is the median over rounds, after a warm-up.
+shared machine hits them alike; a ratio is the median of the rounds' ratios, after a warm-up.
 
     python benchmarks/run.py generate                     # this table alone, through the report
-    python benchmarks/generate.py [--steps 200] [--rounds 5]
+    python benchmarks/generate.py [--steps 200] [--rounds 9]
 """
 
 import argparse
@@ -66,17 +66,22 @@ def torch_eager(model: RNNLM, batch_size: int, steps: int) -> None:
         x = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]  # (B,)
 
 
-def rates(contenders: dict, batch_size: int, steps: int, rounds: int) -> dict[str, float]:
-    """Median tokens/s of each contender, taking turns round after round."""
-    for fn in contenders.values():
+def compare(first, second, batch_size: int, steps: int, rounds: int) -> tuple[float, float, float]:
+    """Median tokens/s of two contenders taking turns round after round, and the median over rounds
+    of second / first: each ratio compares runs a moment apart, so a load that comes and goes on a
+    shared machine cancels out of it."""
+    for fn in (first, second):
         fn(batch_size, max(steps // 10, 2))  # warm-up
-    seen: dict[str, list[float]] = {name: [] for name in contenders}
+    seen: list[tuple[float, float]] = []
     for _ in range(rounds):
-        for name, fn in contenders.items():
+        pair = []
+        for fn in (first, second):
             start = time.perf_counter()
             fn(batch_size, steps)
-            seen[name].append(batch_size * steps / (time.perf_counter() - start))
-    return {name: statistics.median(r) for name, r in seen.items()}
+            pair.append(batch_size * steps / (time.perf_counter() - start))
+        seen.append((pair[0], pair[1]))
+    a, b = zip(*seen, strict=True)
+    return statistics.median(a), statistics.median(b), statistics.median(y / x for x, y in seen)
 
 
 def export(hidden_size: int, folder: Path) -> tuple[RNNLM, Path]:
@@ -92,7 +97,7 @@ def one_thread_session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def main(steps: int = 200, rounds: int = 5) -> str:
+def main(steps: int = 200, rounds: int = 9) -> str:
     """Two markdown tables: Generator vs the bare step, and batch-1 Generator vs torch eager."""
     rows = ["| H | batch | bare ONNX step, tok/s | Generator, tok/s | Generator / bare |", "|---:|---:|---:|---:|---:|"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,23 +105,19 @@ def main(steps: int = 200, rounds: int = 5) -> str:
         for H, (_, folder) in models.items():
             session, generator = one_thread_session(folder / "model.onnx"), Generator.load(folder, threads=1)
             for B in BATCH_SIZES:
-                n = steps if B > 1 else 5 * steps
-                r = rates({"bare": partial(bare_step, session), "generator": partial(generator_batch, generator)},
-                          B, n, rounds)
-                rows.append(f"| {H} | {B} | {r['bare']:,.0f} | {r['generator']:,.0f} | "
-                            f"{r['generator'] / r['bare']:.2f} |")
+                bare, ours, ratio = compare(partial(bare_step, session), partial(generator_batch, generator), B,
+                                            steps if B > 1 else 5 * steps, rounds)
+                rows.append(f"| {H} | {B} | {bare:,.0f} | {ours:,.0f} | {ratio:.2f} |")
         model, folder = models[TORCH_HIDDEN]
         generator = Generator.load(folder, threads=1)
-        r = rates({"generator": partial(generator_one, generator), "torch": partial(torch_eager, model)}, 1,
-                  5 * steps, rounds)
+        eager, ours, ratio = compare(partial(torch_eager, model), partial(generator_one, generator), 1, 5 * steps,
+                                     rounds)
     vs_torch = ["| H | batch | Generator.generate, tok/s | torch eager loop, tok/s | Generator / torch |",
-                "|---:|---:|---:|---:|---:|",
-                f"| {TORCH_HIDDEN} | 1 | {r['generator']:,.0f} | {r['torch']:,.0f} | "
-                f"{r['generator'] / r['torch']:.2f} |"]
+                "|---:|---:|---:|---:|---:|", f"| {TORCH_HIDDEN} | 1 | {ours:,.0f} | {eager:,.0f} | {ratio:.2f} |"]
     note = (f"V={VOCAB}, one tanh layer, random weights, temperature 1, from the start token; onnxruntime "
-            f"{ort.__version__} with one thread for both; {steps} steps a run ({5 * steps} at batch 1), median of "
-            f"{rounds} rounds, contenders taking turns. torch {torch.__version__} with {torch.get_num_threads()} "
-            "threads.")
+            f"{ort.__version__} with one thread for both; {steps} steps a run ({5 * steps} at batch 1); tokens/s "
+            f"are medians of {rounds} rounds, and a ratio is the median of the rounds' ratios, the contenders "
+            f"taking turns. torch {torch.__version__} with {torch.get_num_threads()} threads.")
     return "\n".join(["### Generation: Generator against the bare ONNX step and a torch eager loop", "", note, "",
                       *rows, "", *vs_torch])
 
@@ -124,6 +125,6 @@ def main(steps: int = 200, rounds: int = 5) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200, help="new tokens per sequence in a run (5x at batch 1)")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
     print(main(args.steps, args.rounds))

@@ -176,6 +176,25 @@ def test_non_finite_logits_end_that_sequence_with_an_error_and_the_batch_goes_on
             call(prompt, max_new_tokens=40, seed=1)
 
 
+@pytest.mark.slow
+def test_a_subword_model_decodes_the_same_text_at_once_as_piece_by_piece(small_corpus, tmp_path):
+    """Lazy decoding (generate, generate_batch) and incremental decoding (stream) of byte pieces agree."""
+    import torch
+
+    from rnnlm.export import write_export
+    from rnnlm.model import RNNLM, ModelConfig
+
+    tokenizer = SentencePieceTokenizer.train([line for line in small_corpus.read_text().splitlines() if line], 350)
+    torch.manual_seed(1)
+    model = RNNLM(ModelConfig(tokenizer.vocab_size, hidden_size=16)).eval()
+    gen = Generator.load(write_export(model, tokenizer, tmp_path / "bpe"))
+    options = {"max_new_tokens": 60, "temperature": 1.5}
+    texts = gen.generate_batch(["the ", "W\u00e9", ""], seed=9, **options)
+    for i, prompt in enumerate(["the ", "W\u00e9", ""]):
+        assert texts[i] == gen.generate(prompt, seed=9 + i, **options) == "".join(
+            gen.stream(prompt, seed=9 + i, **options))
+
+
 # ----------------------------------------------------------------------------- the sampler
 
 
