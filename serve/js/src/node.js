@@ -1,12 +1,13 @@
 /**
- * The package under Node: Generator.load(path) reads the export with node:fs, checks sha256 with
- * node:crypto and runs the step function on onnxruntime-node (CPU).
+ * The package under Node: Generator.load(path) reads the export with node:fs (refusing links that
+ * lead out of the folder), checks sha256 with node:crypto and runs the step function on
+ * onnxruntime-node (CPU).
  * @module
  */
 
 import { createHash, randomFillSync } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readFile, realpath } from 'node:fs/promises';
+import { join, sep } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { Generator as Base } from './generator.js';
 
@@ -26,7 +27,11 @@ export class Generator extends Base {
     const platform = {
       ort,
       where: folder,
-      read: async (name) => new Uint8Array(await readFile(join(folder, name))),
+      read: async (name) => {
+        const [root, path] = await Promise.all([realpath(folder), realpath(join(folder, name))]);
+        if (!path.startsWith(root + sep)) throw new Error(`it is a link to ${path}, outside the folder`);
+        return new Uint8Array(await readFile(path));
+      },
       sha256: async (bytes) => createHash('sha256').update(bytes).digest('hex'),
       entropy: (words) => randomFillSync(words),
       sessionOptions: { executionProviders: ['cpu'], interOpNumThreads: 1, executionMode: 'sequential',

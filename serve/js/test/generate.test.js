@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -124,6 +124,12 @@ describe('a bad folder is refused at load, with what to do', { skip: SKIP }, () 
     const folder = copy('edited');
     writeFileSync(join(folder, 'vocab.json'), `${readFileSync(join(folder, 'vocab.json'), 'utf8')} `);
     await assert.rejects(Generator.load(folder), /vocab.json in .* does not match the sha256 in its manifest.*re-export/);
+  });
+  test('a file that links out of the folder', async () => {
+    const folder = copy('linked');
+    rmSync(join(folder, 'vocab.json'));
+    symlinkSync(join(exportOf('bpe'), 'vocab.json'), join(folder, 'vocab.json'));
+    await assert.rejects(Generator.load(folder), /names vocab.json, which cannot be read \(it is a link to .*, outside the folder\)/);
   });
   test('an unknown format, sampler or field', async () => {
     const cases = [
