@@ -104,13 +104,39 @@ export class Generator {
     } catch (e) {
       throw new Error(`onnxruntime cannot load ${entry.model.file} in ${where} (${e.message}); ${EXPORT_ADVICE}`);
     }
-    const graph = new Set([...session.inputNames, ...session.outputNames]);
-    const named = [manifest.inputIds, manifest.logits, ...manifest.state.flatMap((s) => [s.input, s.output])];
-    const missing = named.filter((n) => !graph.has(n));
-    if (missing.length) {
-      throw new Error(`the graph in ${where} lacks the I/O its manifest names: ${missing.join(', ')}; ${EXPORT_ADVICE}`);
+    checkGraph(session, manifest);
+    const generator = new this(manifest, session, tokenizer, platform.ort, maxNewTokensCap, platform.entropy);
+    await generator.checkFirstStep();
+    return generator;
+  }
+
+  /** One step at batch sizes 1 and 2 from a zero state must run and yield finite logits. */
+  async checkFirstStep() {
+    const { where } = this.manifest;
+    for (const B of [1, 2]) {
+      let logits;
+      try {
+        const out = await this.session.run(this.feeds(new Array(B).fill(0), this.layouts.map((s) => new Float32Array(s.outer * B * s.inner))));
+        logits = out[this.manifest.logits].data;
+      } catch (e) {
+        throw new Error(`the graph in ${where} fails its first step (${String(e.message).split('\n')[0].slice(0, 200)}); ${EXPORT_ADVICE}`);
+      }
+      if (!allFinite(logits)) throw new Error(`the graph in ${where} yields non-finite logits at its first step; ${EXPORT_ADVICE}`);
     }
-    return new this(manifest, session, tokenizer, platform.ort, maxNewTokensCap, platform.entropy);
+  }
+
+  /**
+   * The step function's inputs for a batch: token ids and, per state tensor, its (outer, B, inner) data.
+   * @param {number[]} ids @param {Float32Array[]} states
+   */
+  feeds(ids, states) {
+    const { ort, manifest } = this;
+    const B = ids.length;
+    const feeds = { [manifest.inputIds]: new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [B]) };
+    this.layouts.forEach((s, k) => {
+      feeds[s.input] = new ort.Tensor('float32', states[k], s.shape.map((d) => (d === 'batch_size' ? B : d)));
+    });
+    return feeds;
   }
 
   // ------------------------------------------------------------------------- the engine
@@ -146,16 +172,15 @@ export class Generator {
     const live = rows.map((i) => sequences[i]);
     const B = live.length;
     if (B === 0) return pieces;
-    const { ort, manifest } = this;
-    const feeds = { [manifest.inputIds]: new ort.Tensor('int64', BigInt64Array.from(live, (s) => BigInt(s.inputId)), [B]) };
-    for (const [k, s] of this.layouts.entries()) {
+    const { manifest } = this;
+    const states = this.layouts.map((s, k) => {
       const data = new Float32Array(s.outer * B * s.inner);
       live.forEach((seq, j) => {
         for (let o = 0; o < s.outer; o++) data.set(seq.state[k].subarray(o * s.inner, (o + 1) * s.inner), (o * B + j) * s.inner);
       });
-      feeds[s.input] = new ort.Tensor('float32', data, s.shape.map((d) => (d === 'batch_size' ? B : d)));
-    }
-    const out = await this.session.run(feeds);
+      return data;
+    });
+    const out = await this.session.run(this.feeds(live.map((s) => s.inputId), states));
     const V = manifest.vocabSize;
     const logits = /** @type {Float32Array} */ (out[manifest.logits].data);
     for (const [k, s] of this.layouts.entries()) {
@@ -245,7 +270,38 @@ export class Generator {
   }
 }
 
-/** @param {Float32Array} row */
+/**
+ * The graph's inputs and outputs are exactly those the manifest names, with its dtypes and shapes
+ * (where onnxruntime reports them: a named or unknown axis reads as batch_size).
+ */
+function checkGraph(session, manifest) {
+  const { where } = manifest;
+  const want = {
+    inputs: { [manifest.inputIds]: ['int64', ['batch_size']],
+      ...Object.fromEntries(manifest.state.map((s) => [s.input, [s.dtype, s.shape]])) },
+    outputs: { [manifest.logits]: ['float32', ['batch_size', manifest.vocabSize]],
+      ...Object.fromEntries(manifest.state.map((s) => [s.output, [s.dtype, s.shape]])) },
+  };
+  for (const [kind, names, metadata] of [['inputs', session.inputNames, session.inputMetadata],
+    ['outputs', session.outputNames, session.outputMetadata]]) {
+    const have = [...names].sort();
+    if (JSON.stringify(have) !== JSON.stringify(Object.keys(want[kind]).sort())) {
+      throw new Error(`the graph in ${where} has ${kind} ${have.join(', ')}, but its manifest names `
+        + `${Object.keys(want[kind]).sort().join(', ')}; ${EXPORT_ADVICE}`);
+    }
+    for (const m of metadata ?? []) {
+      const [dtype, shape] = want[kind][m.name];
+      const graph = (m.shape ?? []).map((d) => (typeof d === 'number' ? d : 'batch_size'));
+      if (m.type !== dtype || JSON.stringify(graph) !== JSON.stringify(shape)) {
+        throw new Error(`the graph in ${where} has ${m.name} of type ${m.type} and shape [${graph.join(', ')}], but its `
+          + `manifest says ${dtype} [${shape.join(', ')}] (vocab_size ${manifest.vocabSize}, num_layers `
+          + `${manifest.numLayers}, hidden_size ${manifest.hiddenSize}); ${EXPORT_ADVICE}`);
+      }
+    }
+  }
+}
+
+/** @param {ArrayLike<number>} row */
 function allFinite(row) {
   for (let i = 0; i < row.length; i++) if (!Number.isFinite(row[i])) return false;
   return true;

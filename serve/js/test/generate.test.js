@@ -139,6 +139,9 @@ describe('a bad folder is refused at load, with what to do', { skip: SKIP }, () 
       [(m) => { m.model.file = '../model.onnx'; }, /model.file must be a plain file name/],
       [(m) => { delete m.tokenizer.vocabulary; }, /no vocabulary file for JavaScript/],
       [(m) => { m.generation.top_p = 2; }, /generation.top_p must lie in \(0, 1\]/],
+      [(m) => { m.hidden_size = 33; m.state[0].shape = [2, 'batch_size', 33]; },
+        /the graph in .* has past_hidden of type float32 and shape \[2, batch_size, 32\], but its manifest says float32 \[2, batch_size, 33\]/],
+      [(m) => { m.state[0].output = 'next_hidden'; }, /the graph in .* has outputs logits, present_hidden, but its manifest names logits, next_hidden/],
       [(m) => { m.training = JSON.parse(`${'['.repeat(20)}${']'.repeat(20)}`); }, /nested too deeply \(more than 16 levels\)/],
       [(m) => { m.state[0].shape = [2, 'batch_size', true]; }, /state\[0\].shape must be/],
     ];
