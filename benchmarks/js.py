@@ -1,6 +1,7 @@
 """JavaScript generation speed beside Python's, in one run: serve/js on onnxruntime-node (Node) at
 batch 1 and 32 against the Python Generator on the same export, and the page of serve/web in
-headless Chromium (onnxruntime-web, WASM), measured by the page itself (`window.rnnlm.measure`).
+headless Chromium (onnxruntime-web, WASM), measured by the page itself (`window.rnnlm.measure`:
+after a warm-up, the median of three runs).
 
 The model has the default size (one 512-unit tanh layer, V=65, random weights: speed does not
 depend on what they say). Every contender samples at temperature 1 with a fixed seed from the start
