@@ -132,6 +132,21 @@ def test_byte_pieces_are_held_until_they_make_whole_characters(small_corpus):
     assert seq.finish_reason == "length"
 
 
+def test_a_batch_that_outgrows_its_rows_keeps_every_text(gen):
+    """Sequences joining a running batch past its first capacity (8 rows): the pooled arrays grow."""
+    first = [gen.start(p, gen.params(max_new_tokens=40, seed=i)) for i, p in enumerate(PROMPTS[:3])]
+    for _ in range(10):
+        gen.step(first)
+    later = [gen.start(PROMPTS[i % 4], gen.params(max_new_tokens=25, seed=100 + i, top_k=5 * (i % 3)))
+             for i in range(14)]
+    everyone = first + later
+    while not all(s.finished for s in everyone):
+        gen.step(everyone)
+    assert [s.text for s in first] == [gen.generate(p, max_new_tokens=40, seed=i) for i, p in enumerate(PROMPTS[:3])]
+    assert [s.text for s in later] == [gen.generate(PROMPTS[i % 4], max_new_tokens=25, seed=100 + i, top_k=5 * (i % 3))
+                                       for i in range(14)]
+
+
 def test_a_sequence_leaving_unfinished_takes_its_state_along(gen):
     """Two streams read in turn share one Generator: each step swaps the other's state out and back in."""
     a, b = gen.stream("the ", max_new_tokens=50, seed=1), gen.stream("First", max_new_tokens=50, seed=2, stop="zz")
