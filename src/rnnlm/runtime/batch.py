@@ -160,20 +160,21 @@ class Batch:
         self._count()
         rw, K, B = self.rowwise, self.ahead, len(self.rows)
         rows = slice(0, B) if at is None else at
-        count = rw["count"][rows]
-        left = rw["first"][rows] + K - count  # draws left in each row's block
+        count, limit = rw["count"][rows], rw["limit"][rows]
+        left = np.minimum(rw["first"][rows] + K, limit) - count  # draws left in each row's block
         if self._greedy is not None:
             left[self._greedy[rows]] = K  # never drawn
         stale = np.arange(B)[rows][left <= 0]
-        left[left <= 0] = K
-        self._noise_steps = int(left.min())
         if stale.size:
             first, keys = rw["count"][stale], rw["key"][stale]
+            n = min(K, int((rw["limit"][stale] - first).max()))  # no draws past a row's length
             if stale[-1] == stale.size - 1:  # rows 0 .. n-1: fill in place
-                self.noise.fill(rw["noise"][:stale.size], keys, first)
+                self.noise.fill(rw["noise"][:stale.size, :n], keys, first)
             else:
-                rw["noise"][stale] = self.noise.fill(np.empty((stale.size, K, self.vocab_size)), keys, first)
+                rw["noise"][stale, :n] = self.noise.fill(np.empty((stale.size, n, self.vocab_size)), keys, first)
             rw["first"][stale] = first
+            left[left <= 0] = np.minimum(first + n, rw["limit"][stale]) - first
+        self._noise_steps = int(left.min())
         offsets = count - rw["first"][rows]
         aligned = at is None and self._greedy is None and (offsets == offsets[0]).all()
         self._offset = int(offsets[0]) if aligned else None

@@ -135,8 +135,8 @@ class Noise:
         self._work = np.empty(0, np.uint32)
 
     def fill(self, out: np.ndarray, keys: np.ndarray, first: np.ndarray) -> np.ndarray:
-        """Write the noise of draws first .. first + K - 1 of each row into out (R, K, V) float64,
-        C-contiguous; keys: (R,) uint32, first: (R,) the rows' first draw numbers. Returns out."""
+        """Write the noise of draws first .. first + K - 1 of each row into out (R, K, V) float64 (a view
+        will do); keys: (R,) uint32, first: (R,) the rows' first draw numbers. Returns out."""
         R, K, V = out.shape
         if self._work.size < 2 * out.size:
             self._work = np.empty(2 * out.size, np.uint32)
