@@ -226,10 +226,19 @@ def test_disconnected_stream_frees_its_slot(server):
 
 
 def test_access_log_has_one_json_line_per_request(server):
-    complete(server, prompt="", max_tokens=7)
-    lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith('{"time"')]
-    last = [line for line in lines if line["path"] == "/v1/completions"][-1]
+    def completion_lines() -> list[dict]:
+        lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith('{"time"')]
+        return [line for line in lines if line["path"] == "/v1/completions"]
+
+    before = len(completion_lines())
+    body = complete(server, prompt="", max_tokens=7).json()
+    deadline = time.monotonic() + 10  # the line is written once the response is sent: it may trail the client
+    while len(completion_lines()) == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(completion_lines()) == before + 1
+    last = completion_lines()[-1]
     assert last["status"] == 200 and last["completion_tokens"] == 7 and last["latency_ms"] > 0
+    assert last["seed"] == body["seed"]  # drawn for the request, logged, and returned
 
 
 def test_a_failing_step_cuts_its_batch_and_the_loop_goes_on(generator):

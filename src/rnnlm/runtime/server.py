@@ -189,7 +189,8 @@ def create_app(generator: Generator, model_id: str, limits: Limits = Limits(), a
             raise shutting_down() from None
         responses = Responses(model_id, completion, sequences)
         metrics.prompt_tokens += responses.usage()["prompt_tokens"]
-        request.state.log = lambda: {**responses.usage(), **({"cut": job.error} if job.error else {}),
+        request.state.log = lambda: {**responses.usage(), "seed": completion.params.seed,
+                                     **({"cut": job.error} if job.error else {}),
                                      **({"abandoned": True} if job.abandoned else {})}
         if completion.stream:
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
