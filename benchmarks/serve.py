@@ -7,6 +7,9 @@ on its own keep-alive connection for about `seconds` seconds (`tokens` new token
 temperature 1). Throughput is the generated tokens of all clients (from each stream's usage block)
 over the wall time of the level; time to first token runs from sending a request to the arrival of
 its first text. The server and the clients share the machine's cores, as on one loopback host.
+Beside each level, the bare step (benchmarks/generate.py: `InferenceSession.run` in a loop, one
+thread, as the server's session) runs at a batch size of the client count, right after the level:
+the last column is how much of the step function's speed the server delivers.
 
     python benchmarks/serve.py [--tokens 200] [--seconds 3] [--rounds 3] [--threads N]
 """
@@ -27,6 +30,7 @@ from pathlib import Path
 import httpx
 import torch
 
+from generate import bare_step, one_thread_session
 from rnnlm.export import write_export
 from rnnlm.model import RNNLM, ModelConfig
 from rnnlm.tokenizers import CharTokenizer
@@ -101,9 +105,10 @@ def main(tokens: int = 200, seconds: float = 3.0, rounds: int = 3, threads: int 
     alike; tokens/s is the median over rounds, the times to first token are pooled."""
     torch.manual_seed(0)
     tokenizer = CharTokenizer("\n" + "".join(chr(32 + i) for i in range(VOCAB - 1)))
-    rates, ttfts = {c: [] for c in CLIENTS}, {c: [] for c in CLIENTS}
+    rates, ttfts, bare = {c: [] for c in CLIENTS}, {c: [] for c in CLIENTS}, {c: [] for c in CLIENTS}
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_export(RNNLM(ModelConfig(VOCAB, HIDDEN)).eval(), tokenizer, Path(tmp) / "model")
+        session = one_thread_session(folder / "model.onnx")
         server, port = serve(folder, threads)
         try:
             asyncio.run(level(port, 1, tokens, 0.5))  # warm-up
@@ -112,16 +117,19 @@ def main(tokens: int = 200, seconds: float = 3.0, rounds: int = 3, threads: int 
                     rate, ttft = asyncio.run(level(port, clients, tokens, seconds))
                     rates[clients].append(rate)
                     ttfts[clients] += ttft
+                    start = time.perf_counter()
+                    bare_step(session, clients, tokens)
+                    bare[clients].append(clients * tokens / (time.perf_counter() - start))
         finally:
             server.terminate()
             server.wait(timeout=30)
     one = statistics.median(rates[1])
-    rows = ["| clients | tokens/s | x one client | TTFT p50 ms | TTFT p99 ms | requests |",
-            "|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| clients | tokens/s | x one client | bare step at this batch, tok/s | served ÷ bare | TTFT p50 ms "
+            "| TTFT p99 ms | requests |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for clients in CLIENTS:
-        rate, ttft = statistics.median(rates[clients]), ttfts[clients]
-        rows.append(f"| {clients} | {rate:,.0f} | {rate / one:.1f}x | {1000 * statistics.median(ttft):.1f} | "
-                    f"{1000 * percentile(ttft, 0.99):.1f} | {len(ttft)} |")
+        rate, ttft, step = statistics.median(rates[clients]), ttfts[clients], statistics.median(bare[clients])
+        rows.append(f"| {clients} | {rate:,.0f} | {rate / one:.1f}x | {step:,.0f} | {rate / step:.2f} | "
+                    f"{1000 * statistics.median(ttft):.1f} | {1000 * percentile(ttft, 0.99):.1f} | {len(ttft)} |")
     header = (f"### Serving: `rnnlm serve`, H={HIDDEN}, V={VOCAB}, streaming clients on loopback, {tokens} tokens per "
               f"request on average, temperature 1 (median of {rounds} rounds of {seconds:g} s per client count; "
               f"onnxruntime threads: {threads or 'the serve default, 1'})")
