@@ -30,9 +30,12 @@ def test_gradcheck(steps):
     d = {"dtype": torch.float64, "requires_grad": True}
     a_x, h0, c0 = torch.randn(steps, B, 3 * 4, **d), torch.randn(B, 4, **d), torch.randn(B, 4, **d)
     W, b_hn = (0.5 * torch.randn(3 * 4, 4, dtype=torch.float64)).requires_grad_(), torch.randn(4, **d)
-    assert torch.autograd.gradcheck(gru_manual, (a_x, h0, W, b_hn))
+    # the recurrences consume a_x (its buffer becomes the gates'), so each call gets its own copy
+    assert torch.autograd.gradcheck(lambda a_x, *rest: gru_manual(a_x.clone(), *rest), (a_x, h0, W, b_hn))
     a_x, W = torch.randn(steps, B, 4 * 4, **d), (0.5 * torch.randn(4 * 4, 4, dtype=torch.float64)).requires_grad_()
-    assert torch.autograd.gradcheck(lstm_manual, (a_x, h0, c0, W))
+    assert torch.autograd.gradcheck(lambda a_x, *rest: lstm_manual(a_x.clone(), *rest), (a_x, h0, c0, W))
+    # an unused output gets no gradient from autograd: the backward takes it as zero
+    assert torch.autograd.gradcheck(lambda a_x, *rest: lstm_manual(a_x.clone(), *rest)[1], (a_x, h0, c0, W))
 
 
 def gradients(model: RNNLM, input_ids, targets, state=None) -> dict[str, torch.Tensor]:

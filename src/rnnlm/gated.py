@@ -120,37 +120,41 @@ def lstm_autograd(
 
 class GRURecurrence(torch.autograd.Function):
     """h(1..T) from a_x = [a_n, a_r, a_z], h(0), W = [W_r; W_z; W_n] and b_hn; gradients for all four.
-    Use it through gru_manual."""
+    a_x becomes [n, r, z] in place (see gru_manual). Use it through gru_manual."""
 
     @staticmethod
-    def forward(ctx, a_x: torch.Tensor, h0: torch.Tensor, W: torch.Tensor, b_hn: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, a_x: torch.Tensor, h0: torch.Tensor, W: torch.Tensor, b_hn: torch.Tensor):
+        ctx.set_materialize_grads(False)  # no zeros are made for the gates' gradient, which is never used
         T, B, H3 = a_x.shape
         H = H3 // 3
         h = a_x.new_empty(T + 1, B, H)  # h(0..T), one buffer, so h(t-1) for all t is the view h[:-1]
         h[0] = h0
-        gates = a_x.new_empty(T, B, 4 * H)  # per step [n, r, z, m_n], kept for backward
+        gates, m_n = a_x, a_x.new_empty(T, B, H)  # per step [n, r, z] in a_x's place, and m_n, kept for backward
         W_rz, W_n = W[: 2 * H].t(), W[2 * H :].t()  # (H, 2H), (H, H)
         steps = h.unbind(0)
         for t in range(T):
-            n, rz, m_n = gates[t].split([H, 2 * H, H], dim=1)  # (B, H), (B, 2H), (B, H)
-            torch.addmm(a_x[t, :, H:], steps[t], W_rz, out=rz).sigmoid_()  # r, z = σ(a + W h(t-1))
-            torch.addmm(b_hn, steps[t], W_n, out=m_n)  # m_n = W_n h(t-1) + b_hn
-            torch.addcmul(a_x[t, :, :H], rz[:, :H], m_n, out=n).tanh_()  # n = tanh(a_n + r ⊙ m_n)
+            n, rz = gates[t].split([H, 2 * H], dim=1)  # (B, H), (B, 2H)
+            rz.addmm_(steps[t], W_rz).sigmoid_()  # r, z = σ(a + W h(t-1))
+            torch.addmm(b_hn, steps[t], W_n, out=m_n[t])  # m_n = W_n h(t-1) + b_hn
+            n.addcmul_(rz[:, :H], m_n[t]).tanh_()  # n = tanh(a_n + r ⊙ m_n)
             torch.lerp(n, steps[t], rz[:, H:], out=steps[t + 1])  # h = n + z ⊙ (h(t-1) - n)
-        ctx.save_for_backward(h, gates, W)
-        return h[1:]  # (T, B, H)
+        ctx.mark_dirty(a_x)
+        ctx.save_for_backward(h, gates, m_n, W)
+        return h[1:], gates  # (T, B, H), (T, B, 3H)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_h: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        h, gates, W = ctx.saved_tensors  # (T + 1, B, H), (T, B, 4H), (3H, H)
+    def backward(ctx, grad_h: torch.Tensor | None, _: None) -> tuple[torch.Tensor | None, ...]:
+        h, gates, m_n, W = ctx.saved_tensors  # (T + 1, B, H), (T, B, 3H), (T, B, H), (3H, H)
+        if grad_h is None:  # h was not used: a zero gradient
+            grad_h = torch.zeros_like(h[1:])
         T, B, H = grad_h.shape
-        n, r, z, m_n = gates.split(H, dim=-1)  # (T, B, H) views
+        n, r, z = gates.split(H, dim=-1)  # (T, B, H) views
         # the coefficients of δ(t) = ∂L/∂h(t), for all t at once: [A_n, A_r, A_z, A_m], turned into
         # [da_n, da_r, da_z, ∂L/∂m_n] in place by the loop; then ∂L/∂a_x = [da_n, da_r, da_z] and
         # ∂L/∂m = [da_r, da_z, ∂L/∂m_n] are two overlapping views of it, in the orders of a_x and W: no copy
         # (each x(1 - y) is x - x ⊙ y: two passes over memory and no temporary)
-        coef = torch.empty_like(gates)
+        coef = gates.new_empty(T, B, 4 * H)
         A_n, A_r, A_z, A_m = coef.split(H, dim=-1)
         torch.addcmul(ONE, n, n, value=-1, out=A_n).addcmul_(A_n, z, value=-1)  # (1 - n²)(1 - z)
         torch.mul(A_n, r, out=A_m)
@@ -177,32 +181,37 @@ class GRURecurrence(torch.autograd.Function):
 
 
 class LSTMRecurrence(torch.autograd.Function):
-    """h(1..T) and c(T) from a_x, h(0), c(0) and W; gradients for all four. Use it through lstm_manual."""
+    """h(1..T) and c(T) from a_x, h(0), c(0) and W; gradients for all four. a_x becomes [i, f, g, o] in place
+    (see lstm_manual). Use it through lstm_manual."""
 
     @staticmethod
     def forward(ctx, a_x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, W: torch.Tensor):
+        ctx.set_materialize_grads(False)  # no zeros are made for the gates' gradient, which is never used
         T, B, H4 = a_x.shape
         H = H4 // 4
         h, c = a_x.new_empty(T + 1, B, H), a_x.new_empty(T + 1, B, H)  # h(0..T), c(0..T)
         h[0], c[0] = h0, c0
-        gates = torch.empty_like(a_x)  # [i, f, g, o] per step: (T, B, 4H)
+        gates = a_x  # [i, f, g, o] per step, in a_x's place: (T, B, 4H)
         tanh_c = a_x.new_empty(T, B, H)  # tanh c(t), kept for backward
         Wt, h_steps, c_steps = W.t(), h.unbind(0), c.unbind(0)
         for t in range(T):
-            g_t = torch.addmm(a_x[t], h_steps[t], Wt, out=gates[t])  # a_x + W h(t-1), activated in place: (B, 4H)
+            g_t = gates[t].addmm_(h_steps[t], Wt)  # a_x + W h(t-1), activated in place: (B, 4H)
             g_t[:, : 2 * H].sigmoid_()  # i, f
             g_t[:, 2 * H : 3 * H].tanh_()  # g
             g_t[:, 3 * H :].sigmoid_()  # o
             i, f, g, o = g_t.split(H, dim=1)
             torch.mul(f, c_steps[t], out=c_steps[t + 1]).addcmul_(i, g)  # c = f ⊙ c(t-1) + i ⊙ g
             torch.mul(o, torch.tanh(c_steps[t + 1], out=tanh_c[t]), out=h_steps[t + 1])  # h = o ⊙ tanh c
+        ctx.mark_dirty(a_x)
         ctx.save_for_backward(h, c, gates, tanh_c, W)
-        return h[1:], c[T]  # (T, B, H), (B, H)
+        return h[1:], c[T], gates  # (T, B, H), (B, H), (T, B, 4H)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_h: torch.Tensor, grad_c: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx, grad_h: torch.Tensor | None, grad_c: torch.Tensor | None, _: None):
         h, c, gates, tanh_c, W = ctx.saved_tensors  # (T + 1, B, H) x 2, (T, B, 4H), (T, B, H), (4H, H)
+        grad_h = torch.zeros_like(h[1:]) if grad_h is None else grad_h  # an unused output: a zero gradient
+        grad_c = torch.zeros_like(c[0]) if grad_c is None else grad_c
         T, B, H = grad_h.shape
         i, f, g, o = gates.split(H, dim=-1)  # (T, B, H) views
         # the coefficients, for all t at once: of γ(t) for i, f, g and of δ(t) for o (turned into da in place by
@@ -235,17 +244,23 @@ class LSTMRecurrence(torch.autograd.Function):
 
 
 def gru_manual(a_x: torch.Tensor, h0: torch.Tensor, W: torch.Tensor, b_hn: torch.Tensor) -> torch.Tensor:
-    """gru_update for t = 1..T with the hand-written backward. a_x: (T, B, 3H), h0: (B, H) -> h: (T, B, H)."""
+    """gru_update for t = 1..T with the hand-written backward. a_x: (T, B, 3H), h0: (B, H) -> h: (T, B, H).
+
+    a_x is consumed: it is the layer's own input projection, needed by nothing else, so its buffer holds the
+    gates for the backward (an in-place use autograd is told of) instead of a new (T, B, 3H) one: large fresh
+    buffers are a good part of a CPU step's time (the first touch of each page)."""
     dtype = a_x.dtype  # under autocast a_x may come in lower precision than the parameters and h0
-    return GRURecurrence.apply(a_x, h0.to(dtype), W.to(dtype), b_hn.to(dtype))
+    return GRURecurrence.apply(a_x, h0.to(dtype), W.to(dtype), b_hn.to(dtype))[0]
 
 
 def lstm_manual(
     a_x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, W: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """lstm_update for t = 1..T with the hand-written backward. a_x: (T, B, 4H) -> h: (T, B, H), c(T): (B, H)."""
+    """lstm_update for t = 1..T with the hand-written backward. a_x: (T, B, 4H) -> h: (T, B, H), c(T): (B, H).
+    a_x is consumed, as in gru_manual."""
     dtype = a_x.dtype
-    return LSTMRecurrence.apply(a_x, h0.to(dtype), c0.to(dtype), W.to(dtype))
+    hs, c, _ = LSTMRecurrence.apply(a_x, h0.to(dtype), c0.to(dtype), W.to(dtype))
+    return hs, c
 
 
 # ----------------------------------------------------------------------------- the layers
@@ -278,10 +293,16 @@ class GatedLayer(nn.Module):
         return torch.cat([getattr(self, f"{letter}_{k}") for k in (self.GATES if letter == "W" else self.INPUT)])
 
     def input_projection(self, x: torch.Tensor) -> torch.Tensor:
-        """U x + b of every gate, (..., kH): a matmul above layer 0; for token ids, a lookup of rows of the small
-        table Uᵀ + b (V, kH), which is U x + b for a one-hot x, in one gather of contiguous rows."""
+        """U x + b of every gate, (..., kH). For token ids, a lookup of rows of the small table Uᵀ + b (V, kH),
+        which is U x + b for a one-hot x, in one gather of contiguous rows; above layer 0, a matmul, for all t
+        at once a batched one whose result is a tensor of its own (F.linear's would be a view of one, which
+        the recurrences, consuming a_x, cannot take over)."""
         U, b = self.stacked("U"), self.stacked("b")
-        return F.linear(x, U, b) if x.is_floating_point() else F.embedding(x, torch.add(U.t(), b))
+        if not x.is_floating_point():
+            return F.embedding(x, torch.add(U.t(), b))
+        if x.dim() == 3:  # (T, B, I)
+            return torch.baddbmm(b, x, U.t().expand(len(x), -1, -1))  # (T, B, kH)
+        return F.linear(x, U, b)  # (B, kH)
 
 
 class GRULayer(GatedLayer):
