@@ -222,8 +222,9 @@ class LSTMRecurrence(torch.autograd.Function):
         torch.addcmul(i, i, i, value=-1, out=A_i).mul_(g)  # i (1 - i) g
         torch.addcmul(f, f, f, value=-1, out=A_f).mul_(c[:-1])  # f (1 - f) c(t-1)
         torch.addcmul(ONE, g, g, value=-1, out=A_g).mul_(i)  # (1 - g²) i
-        torch.addcmul(o, o, o, value=-1, out=A_o).mul_(tanh_c)  # o (1 - o) tanh c
-        K_c = torch.addcmul(ONE, tanh_c, tanh_c, value=-1).mul_(o)  # o (1 - tanh²c), of δ in γ: (T, B, H)
+        h_t = h[1:]  # h(t) = o ⊙ tanh c(t), which shortens the last two:
+        torch.addcmul(h_t, h_t, o, value=-1, out=A_o)  # o (1 - o) tanh c = h (1 - o)
+        K_c = torch.addcmul(o, h_t, tanh_c, value=-1)  # o (1 - tanh²c) = o - h tanh c, of δ in γ: (T, B, H)
         grad_h = grad_h.contiguous()  # ∂L/∂h(t)|above: (T, B, H)
         da_steps, K_steps, f_steps, above = da.unbind(0), K_c.unbind(0), f.unbind(0), grad_h.unbind(0)
         delta, gamma = above[-1].clone(), torch.addcmul(grad_c, above[-1], K_steps[-1])  # δ(T), γ(T): (B, H)
