@@ -152,6 +152,26 @@ def test_manual_runs_under_autocast(cell):
         assert relative_error(got.grad, want.grad) <= 0.05
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_tiny_model_learns_a_repeating_text(cell):
+    torch.manual_seed(0)
+    text = "the quick brown fox jumps over the lazy dog. " * 20
+    vocab = sorted(set(text))
+    ids = torch.tensor([vocab.index(ch) for ch in text])
+    model = RNNLM(ModelConfig(len(vocab), hidden_size=64, cell=cell))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, y = ids[:800].view(8, 100), ids[1:801].view(8, 100)
+    for _ in range(150):
+        _, _, loss = model(x, targets=y)
+        if loss.item() < 0.05:  # from ln(28) = 3.3 to near zero
+            break
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+
+
 def test_initialisation():
     torch.manual_seed(0)
     for cell in CELLS:
