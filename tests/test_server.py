@@ -243,15 +243,15 @@ def test_access_log_has_one_json_line_per_request(server):
 
 def test_a_failing_step_cuts_its_batch_and_the_loop_goes_on(generator):
     class Flaky:
-        """The generator, but its first step raises."""
+        """The generator, but its first run of steps raises."""
 
         failed = False
 
-        def step(self, sequences):
+        def advance(self, sequences, more):
             if not self.failed:
                 self.failed = True
                 raise RuntimeError("onnxruntime went away")
-            return generator.step(sequences)
+            return generator.advance(sequences, more)
 
     async def two_jobs():
         scheduler = Scheduler(Flaky(), Metrics(), max_active=4, max_queued=4, stream_interval=0.02)
@@ -271,14 +271,14 @@ def test_a_failing_step_cuts_its_batch_and_the_loop_goes_on(generator):
 
 def test_a_sequence_the_model_fails_cuts_its_request_and_no_other(generator):
     class Failing:
-        """The generator, but the first sequence with seed 666 fails at its second step."""
+        """The generator, but the sequence with seed 666 fails once it has two tokens."""
 
-        def step(self, sequences):
-            pieces = generator.step(sequences)
+        def advance(self, sequences, more):
+            pieces, steps = generator.advance(sequences, more)
             for s in sequences:
-                if s.params.seed == 666 and len(s.token_ids) == 2:
+                if s.params.seed == 666 and len(s.token_ids) >= 2:
                     s.finish_reason = "error"
-            return pieces
+            return pieces, steps
 
     async def two_jobs():
         scheduler = Scheduler(Failing(), Metrics(), max_active=4, max_queued=4, stream_interval=0.02)

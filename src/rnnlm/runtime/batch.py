@@ -72,7 +72,7 @@ class Batch:
                       for s in self.session.state]  # per state tensor, two flat buffers
         self.input_ids = np.zeros(capacity, np.int64)
         self.logits = np.zeros((capacity, V), np.float32)
-        self.rowwise = {  # what a rearrangement gathers
+        self.rowwise, self._spare = ({  # what a rearrangement gathers, from one of the two into the other
             "count": np.zeros(capacity, np.int64),  # tokens sampled = the next draw number
             "limit": np.zeros(capacity, np.int64),  # max_new_tokens
             "key": np.zeros(capacity, np.uint32),
@@ -82,7 +82,7 @@ class Batch:
             "top_p": np.ones(capacity, np.float64),
             "first": np.full(capacity, NO_NOISE, np.int64),  # the draw number of noise[row, 0]
             "noise": np.zeros((capacity, K, V), np.float64),  # log(-log u) of draws first .. first + K - 1
-        }
+        } for _ in range(2))
         self._bindings.clear()
 
     def _view(self, k: int, buffer: int, batch_size: int) -> np.ndarray:
@@ -202,7 +202,7 @@ class Batch:
 
     def _fail_non_finite(self, at: np.ndarray | None, logits: np.ndarray) -> np.ndarray:
         """End the sequences whose logits are not all finite; return the other rows that were to be sampled."""
-        self._flush()
+        self.flush()
         at = np.arange(len(self.rows)) if at is None else at
         bad = ~np.isfinite(logits).all(axis=1)
         for j in at[bad].tolist():
@@ -223,11 +223,11 @@ class Batch:
         left = rw["limit"][:B] - rw["count"][:B]  # >= 0
         done = (left == 0).any()
         if done:
-            self._flush()
+            self.flush()
         self._quiet_steps = int(left[left > 0].min()) if (left > 0).any() else 0
         return bool(done)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         """Hand the logged tokens of lazy steps to their sequences (Sequence.accept_all)."""
         if not self._log:
             return
@@ -245,7 +245,7 @@ class Batch:
     def arrange(self, live: list[Sequence], lazy: bool) -> None:
         """Make live (unfinished sequences started by this batch's Generator) the rows, in that order.
         lazy: log their tokens, to be accepted by the sequences when one finishes or the rows change."""
-        self._flush()
+        self.flush()
         self._count()
         old, staying = self.rows, {id(s) for s in live}
         for r, s in enumerate(old):
@@ -262,15 +262,20 @@ class Batch:
         if B > self.capacity:
             self._grow(max(B, 2 * self.capacity))
         self.input_ids[here] = input_ids[src[here]]
+        # Each array is gathered whole into its spare (no temporary: the noise is 1 MiB); rows new to the
+        # batch take row 0's values until _load sets theirs.
+        take = np.maximum(src, 0)
         for name, array in rowwise.items():
-            if array.shape[1:] == self.rowwise[name].shape[1:]:  # noise ahead of another length is redrawn
-                self.rowwise[name][here] = array[src[here]]
+            if array.shape[1:] == self._spare[name].shape[1:]:  # noise ahead of another length is redrawn
+                np.take(array, take, axis=0, out=self._spare[name][:B], mode="clip")
+        self.rowwise, self._spare = self._spare, self.rowwise
         if rowwise["noise"].shape != self.rowwise["noise"].shape:
-            self.rowwise["first"][here] = NO_NOISE
+            self.rowwise["first"][:B] = NO_NOISE
         target = 1 - self._parity
         for k, tensor in enumerate(self.session.state):
-            before = _shaped(state[k][self._parity], tensor, B0)
-            self._view(k, target, B)[_at(tensor, here)] = before.take(src[here], axis=tensor.batch_axis)
+            if B0:
+                before = _shaped(state[k][self._parity], tensor, B0)
+                before.take(take, axis=tensor.batch_axis, out=self._view(k, target, B), mode="clip")
         self._parity = target
         self.rows, self.lazy = list(live), lazy
         for j, s in enumerate(live):

@@ -6,10 +6,11 @@ pooled state (batch.py), and every sequence past its prompt draws one token by t
 (sampler.py, docs/sampling.md) and releases its text. `stream` is a loop over it for one sequence;
 a server builds its own loop the same way. `generate` and `generate_batch` without stop strings
 need no text before the end: their loop keeps the tokens in the batch and decodes each sequence
-once, when it finishes. The text is the same either way.
+once, when it finishes. The text is the same either way. A server steps its batch by `advance`:
+several steps at a time, lazily where no sequence has stop strings, their text taken when it stops.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import fields, replace
 from functools import cached_property
@@ -92,13 +93,37 @@ class Generator:
         if not at:
             return pieces
         live = [sequences[i] for i in at]
-        sampled, tokens, _ = self._advance(live, lazy=False)
+        sampled, tokens, _ = self._step_rows(live, lazy=False)
         for j, token in zip(range(len(live))[sampled] if isinstance(sampled, slice) else sampled.tolist(),
                             tokens.tolist(), strict=True):
             pieces[at[j]] = live[j].accept(token)
         return pieces
 
-    def _advance(self, live: list[Sequence], lazy: bool) -> tuple[np.ndarray | slice, np.ndarray, bool]:
+    def advance(self, sequences: Seq[Sequence], more: Callable[[bool], bool]) -> tuple[list[str], int]:
+        """Step the unfinished sequences at least once, and again while some are unfinished and more(ended)
+        says so (ended: a sequence finished at this step). A server's loop steps until its next write
+        is due, or something waits for it. Returns the text each sequence released over those steps,
+        and how many steps ran. Without stop strings the steps are lazy: the tokens stay in the batch
+        and are decoded once, at the end; with them, each step decodes (Generator.step)."""
+        before = [len(s.text) for s in sequences]
+        live = [s for s in sequences if not s.finished]
+        lazy = not any(s.params.stop for s in live)
+        steps = 0
+        while live:
+            steps += 1
+            if lazy:
+                ended = self._step_rows(live, lazy=True)[2]
+            else:
+                self.step(live)
+                ended = any(s.finished for s in live)
+            if ended:
+                live = [s for s in live if not s.finished]
+            if not more(ended):
+                break
+        self.batch.flush()
+        return [s.text[n:] for s, n in zip(sequences, before, strict=True)], steps
+
+    def _step_rows(self, live: list[Sequence], lazy: bool) -> tuple[np.ndarray | slice, np.ndarray, bool]:
         """One step of the batch with live (unfinished) as its rows: Batch.step."""
         batch = self.batch
         if live != batch.rows or lazy != batch.lazy:
@@ -111,7 +136,7 @@ class Generator:
         lazy = not any(s.params.stop for s in live)
         while live:
             if lazy:
-                ended = self._advance(live, lazy=True)[2]
+                ended = self._step_rows(live, lazy=True)[2]
             else:
                 self.step(live)
                 ended = True

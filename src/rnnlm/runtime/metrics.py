@@ -9,7 +9,7 @@ STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)  
 
 class Metrics:
     """Counts kept by the event loop's thread (no locks needed): requests by path and status, tokens,
-    and a histogram of step latency (one batched step, hand-off to the worker thread and back)."""
+    and a histogram of step latency (one batched step, timed on the worker thread)."""
 
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, int]] = Counter()
@@ -19,10 +19,11 @@ class Metrics:
         self.step_seconds = 0.0
         self.step_counts = [0] * (len(STEP_BUCKETS) + 1)  # per bucket, the last one +Inf
 
-    def observe_step(self, seconds: float, batch_size: int, tokens: int) -> None:
-        self.step_counts[bisect.bisect_left(STEP_BUCKETS, seconds)] += 1
+    def observe_steps(self, seconds: float, steps: int, batch_size: int, tokens: int) -> None:
+        """steps batched steps of batch_size sequences that took seconds in all (each counted at their mean)."""
+        self.step_counts[bisect.bisect_left(STEP_BUCKETS, seconds / steps)] += steps
         self.step_seconds += seconds
-        self.step_sequences += batch_size
+        self.step_sequences += batch_size * steps
         self.generated_tokens += tokens
 
     def render(self, active: int, queued: int) -> str:
