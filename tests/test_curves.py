@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import run_rnnlm
-from rnnlm.curves import read_curves
+from rnnlm.curves import read_curves, summary
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -66,3 +66,10 @@ def test_fit_ends_with_a_summary_and_curves_and_plot_draws_two_runs(small_corpus
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"wrote {tmp_path / 'both.png'}\n"
     assert (tmp_path / "both.png").read_bytes().startswith(PNG) and (tmp_path / "both.png").stat().st_size > 20_000
+
+
+def test_a_run_that_logged_nothing_still_gets_its_summary(tmp_path):
+    assert summary(tmp_path / "run", 65.4, None, None).splitlines() == [
+        "rnnlm fit finished in 1 min 5 s",
+        "no metrics were logged: the run was shorter than --trainer.log_every_n_steps and --trainer.val_check_interval",
+        f"next:        make export RUN_DIR={tmp_path / 'run'} NAME=run && make sample NAME=run PROMPT=\"ROMEO:\""]

@@ -88,8 +88,12 @@ def end_of_fit(run: Path, seconds: float) -> None:
     """Draw the run's curves.png and print what the run reached and what to do next."""
     from rnnlm.curves import plot, read_curves, summary
 
-    curves = plot([read_curves(run)], run / "curves.png") if (run / "logs").is_dir() else None
-    print(f"\n{summary(run, seconds, curves)}")
+    try:
+        curves = read_curves(run)
+    except RnnlmError:  # nothing logged yet: a run shorter than its logging interval
+        curves = None
+    png = plot([curves], run / "curves.png") if curves else None
+    print(f"\n{summary(run, seconds, curves, png)}")
 
 
 def plot_command(args: argparse.Namespace) -> None:

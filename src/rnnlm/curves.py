@@ -124,16 +124,17 @@ def _line(ax, rows: list[tuple[int, float]], scale: int, style: str, color: str,
         ax.plot([s * scale for s in steps], values, style, color=color, label=label, **kwargs)
 
 
-def summary(run: str | Path, seconds: float, curves_png: Path | None) -> str:
+def summary(run: Path, seconds: float, curves: Curves | None, curves_png: Path | None) -> str:
     """The lines `rnnlm fit` ends with: the best validation and its step, time and speed, the files
-    written, and the commands that come next."""
-    run = Path(run)
-    curves, lines = read_curves(run), []
-    minutes, rest = divmod(round(seconds), 60)
-    speeds = sorted(value for _, value in curves.rows["train/tokens_per_s"])
+    written, and the commands that come next. curves is None where the run logged no metrics."""
+    lines, (minutes, rest) = [], divmod(round(seconds), 60)
+    speeds = sorted(value for _, value in curves.rows["train/tokens_per_s"]) if curves else []
     speed = f", {speeds[len(speeds) // 2]:,.0f} tokens/s in training (median)" if speeds else ""
     lines.append(f"rnnlm fit finished in {minutes} min {rest} s{speed}")
-    if best := curves.best():
+    if curves is None:
+        lines.append("no metrics were logged: the run was shorter than --trainer.log_every_n_steps and "
+                     "--trainer.val_check_interval")
+    elif best := curves.best():
         step, loss, bpc = best
         lines.append(f"best val/loss {loss:.4f} nats per token, val/bpc {bpc:.4f}, at step {step:,}")
     checkpoints = [p for p in (run / "checkpoints" / "best.ckpt", run / "checkpoints" / "last.ckpt") if p.exists()]
