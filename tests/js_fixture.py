@@ -3,7 +3,9 @@
     python tests/js_fixture.py OUT
 
 writes OUT/char and OUT/bpe (random two-layer models, H=32, exported by rnnlm.export with
-tokenizers trained on the tests' corpus), OUT/unigram.vocab.json (a unigram vocabulary), and
+tokenizers trained on the tests' corpus), OUT/external (the char export doctored to read its
+largest weight from OUT/secret.bin, outside the folder, as ONNX external data),
+OUT/unigram.vocab.json (a unigram vocabulary), and
 OUT/expected.json: for each case, the request and the text the Python Generator writes for it;
 for each tokenizer, texts with the ids Python encodes them to and id lists with their decoded text;
 and the manifest's schema (each field's path, type and rule), which serve/js must mirror.
@@ -91,6 +93,29 @@ def schema() -> list[dict]:
              "rule": None if f.rule in (None, AS_A_REQUEST) else f.rule.says} for f in SCHEMA]
 
 
+def external_data(folder: Path, out: Path) -> None:
+    """A copy of folder whose graph keeps its largest initializer in ../secret.bin, its manifest's
+    sha256 and size updated: what a runtime must refuse before onnxruntime reads the outside file."""
+    import hashlib
+    import shutil
+
+    import onnx
+
+    shutil.copytree(folder, out)
+    model = onnx.load(out / "model.onnx")
+    tensor = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    (out.parent / "secret.bin").write_bytes(tensor.raw_data)
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "../secret.bin"
+    graph = model.SerializeToString()
+    (out / "model.onnx").write_bytes(graph)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["model"].update(sha256=hashlib.sha256(graph).hexdigest(), bytes=len(graph))
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
 def write(out: Path) -> Path:
     import torch
 
@@ -112,6 +137,7 @@ def write(out: Path) -> Path:
             model.V.mul_(4)
         write_export(model, tokenizers[kind], out / kind, training={"corpus": "tinyshakespeare-150k"})
         generators[kind] = Generator.load(out / kind, threads=1)
+    external_data(out / "char", out / "external")
     cases = [{"model": m, "prompt": p, "options": as_json(o), "text": generators[m].generate(p, **python_options(o))}
              for m, p, o in GENERATION]
     batches = [{"model": m, "prompts": ps, "options": as_json(o),

@@ -12,6 +12,7 @@
  */
 
 import { checkManifest, EXPORT_ADVICE, MAX_MANIFEST_BYTES, MAX_NEW_TOKENS_CAP } from './manifest.js';
+import { externalTensor } from './onnx_wire.js';
 import { offsetSeed, resolveOptions } from './options.js';
 import { sample } from './sampler.js';
 import { Sequence } from './sequence.js';
@@ -97,6 +98,16 @@ export class Generator {
       return bytes;
     };
     const model = await readChecked(entry.model.file, entry.model.sha256, entry.model.bytes);
+    let outside;
+    try {
+      outside = externalTensor(model);
+    } catch (e) {
+      throw new Error(`${entry.model.file} in ${where} is not an ONNX graph (${e.message}); ${EXPORT_ADVICE}`);
+    }
+    if (outside !== null) {
+      throw new Error(`${entry.model.file} in ${where} stores tensor ${JSON.stringify(outside.slice(0, 60))} as external `
+        + `data, which could read a file outside its folder; rnnlm graphs hold every tensor: ${EXPORT_ADVICE}`);
+    }
     const tokenizer = await loadTokenizer(manifest, readChecked, where);
     let session;
     try {

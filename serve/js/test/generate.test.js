@@ -131,6 +131,10 @@ describe('a bad folder is refused at load, with what to do', { skip: SKIP }, () 
     symlinkSync(join(exportOf('bpe'), 'vocab.json'), join(folder, 'vocab.json'));
     await assert.rejects(Generator.load(folder), /names vocab.json, which cannot be read \(it is a link to .*, outside the folder\)/);
   });
+  test('a graph that keeps a tensor in a file outside the folder (external data)', async () => {
+    await assert.rejects(Generator.load(exportOf('external')),
+      /model.onnx in .* stores tensor ".*" as external data, which could read a file outside its folder/);
+  });
   test('an unknown format, sampler or field', async () => {
     const cases = [
       [(m) => { m.format = 'rnnlm-step/9'; }, /has format "rnnlm-step\/9", but this runtime reads 'rnnlm-step\/1' or 'rnnlm-step\/2'/],
