@@ -37,7 +37,8 @@ U x + b added and W_n with b_hn added, so that U_n x + b_n stays apart for the c
 `gru_update` and `lstm_update` are one step of the equations: `RNNLM.step` runs them, and so does the autograd
 reference (`bptt="autograd"`) over T steps. `GRURecurrence` and `LSTMRecurrence` are the same recurrence as a
 torch.autograd.Function with the backward derived below, written for rows (one per batch element, so W h is
-h Wᵀ and the gradient reaching h(t-1) through W is dm W). In both, ∂L/∂h(t) = ∂L/∂h(t)|above + (the terms
+h Wᵀ and the gradient reaching h(t-1) through W is dm W). They keep the gates for the backward in the buffer of
+their input a_x, the layer's own projection (gru_manual says why). In both, ∂L/∂h(t) = ∂L/∂h(t)|above + (the terms
 from step t+1), "above" being the output layer or the next layer, and everything of a step that does not
 depend on ∂L/∂h(t) is computed for all T at once before the backward loop, as coefficients; the loop then
 holds one (B, kH) x (kH, H) product and two or three elementwise ops.
