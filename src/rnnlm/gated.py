@@ -250,7 +250,7 @@ def gru_manual(a_x: torch.Tensor, h0: torch.Tensor, W: torch.Tensor, b_hn: torch
 
     a_x is consumed: it is the layer's own input projection, needed by nothing else, so its buffer holds the
     gates for the backward (an in-place use autograd is told of) instead of a new (T, B, 3H) one: large fresh
-    buffers are a good part of a CPU step's time (the first touch of each page)."""
+    buffers are a good part of a CPU step's time (the first touch of a page costs several passes over it)."""
     dtype = a_x.dtype  # under autocast a_x may come in lower precision than the parameters and h0
     return GRURecurrence.apply(a_x, h0.to(dtype), W.to(dtype), b_hn.to(dtype))[0]
 
