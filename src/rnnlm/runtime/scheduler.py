@@ -1,17 +1,17 @@
 """Continuous batching: one loop steps every active sequence of every request as one batch.
 
-Requests put their sequences (one per choice) in a bounded FIFO queue. Before each run of steps
-the loop drops the sequences of abandoned requests and cuts those past their deadline (or past the
-shutdown grace), fills free slots of the batch from the queue, and hands the whole batch to a worker
-thread (Generator.advance), so the event loop keeps serving HTTP while onnxruntime computes. The
-worker steps until something needs the loop: a write to the streams is due, a deadline passes, or
-(no sooner than a quarter of the write interval) a sequence finishes, a new one draws its first
-token, or new work waits for a free slot. So a busy server hands off once per several steps, not
-once per token; and the loop starts the next run before it hands out the last run's text, so that
-the worker does not wait for the writes. A finished sequence leaves the batch at once and its slot
-goes to the next one waiting. A sequence's text depends only on its own prompt, params and seed,
-never on what shares its batch. A sequence the model fails (finish_reason "error") cuts its own
-request, never the rest of the batch.
+Requests put their sequences (one per choice) in a bounded FIFO queue. The loop runs on a worker
+thread, so that the event loop serves HTTP while the batch is stepped and neither waits for the
+other: it drops the sequences of abandoned requests and cuts those past their deadline (or past the
+shutdown grace), fills free slots of the batch from the queue, and steps the batch
+(Generator.advance) until something needs the event loop: a write to the streams is due, a deadline
+passes, or (no sooner than a quarter of the write interval after its last hand-over) a sequence
+finishes, a new one draws its first token, or new work waits for a free slot. Then it hands the
+text released over those steps to the event loop's thread, which gives it to the jobs. So a busy
+server hands over once per several steps, not once per token. A finished sequence leaves the batch
+at once and its slot goes to the next one waiting. A sequence's text depends only on its own
+prompt, params and seed, never on what shares its batch. A sequence the model fails (finish_reason
+"error") cuts its own request, never the rest of the batch.
 
 Streams receive their text in flushes: a job's first text and its end go out at once, the rest
 every `stream_interval` seconds, so that a stream costs one write per interval rather than one per
@@ -20,10 +20,12 @@ token (for a fast model, the writes, not the steps, would otherwise bound the th
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from itertools import chain
 
 from rnnlm.runtime.generator import Generator
@@ -93,21 +95,23 @@ class Job:
 
 
 class Scheduler:
-    """The batching loop (`run`, one task) and the queue requests enter by `submit`."""
+    """The batching loop and the queue requests enter by `submit`. `run` (one task on the event loop)
+    runs the loop on a worker thread until cancelled. The worker alone takes entries off the queue and
+    steps them; the jobs (their outboxes, their end) are touched only on the event loop's thread."""
 
     def __init__(self, generator: Generator, metrics: Metrics, max_active: int, max_queued: int,
                  stream_interval: float) -> None:
         self.generator, self.metrics = generator, metrics
         self.max_active, self.max_queued, self.stream_interval = max_active, max_queued, stream_interval
-        self.active: list[tuple[Job, int]] = []  # (job, choice index) stepped together
-        self.waiting: deque[tuple[Job, int]] = deque()
-        self._wake = asyncio.Event()
+        self.active: list[tuple[Job, int]] = []  # (job, choice index) stepped together, the worker's
+        self.waiting: deque[tuple[Job, int]] = deque()  # appended by submit, taken by the worker
+        self._queue_lock = threading.Lock()  # over changes to `waiting`
+        self._work = threading.Event()  # set when the worker, idle, has something to do
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="rnnlm-step")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing_at: float | None = None  # time.monotonic() at which draining cuts what is left
-        self._next_flush = 0.0  # time.monotonic() at which the streams' next write is due
-        self._interrupt = False  # set by the event loop: the worker stops stepping for it
-        self._last: tuple | None = None  # the entries, texts and finish reasons of the last run, not yet handed out
+        self._interrupt = False  # set on the event loop's thread: new work waits, or a client left
+        self._stopping = False
 
     @property
     def draining(self) -> bool:
@@ -121,104 +125,116 @@ class Scheduler:
         if len(self.active) + len(self.waiting) + len(sequences) > self.max_active + self.max_queued:
             raise QueueFull
         job = Job(sequences, deadline, stream)
-        self.waiting.extend((job, k) for k in range(len(sequences)))
+        with self._queue_lock:
+            self.waiting.extend((job, k) for k in range(len(sequences)))
         if len(self.active) < self.max_active:  # a free slot for it at the next run of steps
             self._interrupt = True
-        self._wake.set()
+        self._work.set()
         return job
 
     def abandon(self, job: Job) -> None:
-        """The client is gone: its queued sequences leave now, its active ones at the next step."""
+        """The client is gone: its sequences leave the batch or the queue at the worker's next turn."""
         if job.live:
             job.abandoned, job.live, self._interrupt = True, False, True
-            self.waiting = deque(entry for entry in self.waiting if entry[0] is not job)
 
     def drain(self, grace: float) -> None:
         """Take no new requests; cut the ones still running after grace seconds. Safe in a signal handler."""
         self._closing_at = time.monotonic() + grace
         self._interrupt = True
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        self._work.set()
 
     async def run(self) -> None:
-        """Step until cancelled. An error in a step cuts the requests of its batch, never the loop."""
+        """Run the batching loop on the worker until cancelled; then cut what is left ("shutdown")."""
         self._loop = asyncio.get_running_loop()
+        worker = self._loop.run_in_executor(self._worker, self._work_loop)
         try:
-            while True:
-                try:
-                    await self._iterate()
-                except Exception:
-                    log.exception("a batched step failed; its %d sequences are cut", len(self.active))
-                    _cut(self.active, "failed")
-                    self.active = []
+            await asyncio.shield(worker)
         finally:
+            self._stopping = self._interrupt = True
+            self._work.set()
+            with suppress(Exception):
+                await worker
             _cut(chain(self.active, self.waiting), "shutdown")
-            self._worker.shutdown(wait=False, cancel_futures=True)
+            self._worker.shutdown(wait=False)
 
-    async def _iterate(self) -> None:
-        """Start the next run of steps, hand out the text of the last one while it runs, and wait for it."""
-        self._prune()
-        while self.waiting and len(self.active) < self.max_active:
-            self.active.append(self.waiting.popleft())
-        now = time.monotonic()
-        due = now >= self._next_flush  # a write to the streams, of the last run's text
-        if due:
-            self._next_flush = now + self.stream_interval
-        run = self._start() if self.active else None
-        if self._last is not None:
-            self._hand_out(*self._last, due)
-            self._last = None
-        if run is None:
-            self._wake.clear()
-            await self._wake.wait()
-            return
-        entries = self.active
-        pieces, reasons, (seconds, steps, tokens) = await run
-        self.metrics.observe_steps(seconds, steps, len(entries), tokens)
-        self._last = entries, pieces, reasons
-        self.active = [entry for entry, reason in zip(entries, reasons, strict=True) if reason is None]
+    # ------------------------------------------------------------------------- on the worker thread
+
+    def _work_loop(self) -> None:
+        """Prune, fill free slots, run steps, post their text to the event loop; sleep when idle. An
+        error in a run cuts the requests of its batch ("failed"), never the loop."""
+        next_write = posted = 0.0
+        while not self._stopping:
+            self._interrupt = False
+            self._prune()
+            with self._queue_lock:
+                while self.waiting and len(self.active) < self.max_active:
+                    self.active.append(self.waiting.popleft())
+            if not self.active:
+                self._work.wait()
+                self._work.clear()
+                continue
+            now = time.monotonic()
+            if now >= next_write:
+                next_write = now + self.stream_interval
+            entries = self.active
+            try:
+                pieces, reasons, stats = self._run([job.sequences[k] for job, k in entries], next_write,
+                                                   posted + self.stream_interval / 4)
+            except Exception:
+                log.exception("a batched step failed; its %d sequences are cut", len(entries))
+                self.active = []
+                self._post(_cut, entries, "failed")
+                continue
+            self.active = [entry for entry, reason in zip(entries, reasons, strict=True) if reason is None]
+            posted = time.monotonic()
+            self._post(self._hand_out, entries, pieces, reasons, stats, posted >= next_write)
 
     def _prune(self) -> None:
-        """Cut jobs past their deadline or the shutdown grace; drop the entries of jobs no longer live."""
+        """Drop the entries of jobs no longer live, and those past their deadline or the shutdown grace
+        (their jobs are cut on the event loop's thread)."""
         now = time.monotonic()
         closing = self._closing_at is not None and now >= self._closing_at
-        for job, _ in chain(self.active, self.waiting):
-            if job.live and (closing or now > job.deadline):
-                job.end("shutdown" if closing else "timeout")
-        self.active = [entry for entry in self.active if entry[0].live]
-        self.waiting = deque(entry for entry in self.waiting if entry[0].live)
+        with self._queue_lock:
+            late = [entry for entry in chain(self.active, self.waiting)
+                    if entry[0].live and (closing or now > entry[0].deadline)]
+            if late:
+                self._post(_cut, late, "shutdown" if closing else "timeout")
+            self.active = [entry for entry in self.active if entry[0].live and entry not in late]
+            self.waiting = deque(entry for entry in self.waiting if entry[0].live and entry not in late)
 
-    def _start(self) -> asyncio.Future:
-        """Hand the active sequences to the worker, which steps them until something needs the loop
-        (the module's docstring says what). Resolves to each sequence's released text and
-        finish_reason, as they were when the run ended, and the run's seconds, steps and tokens."""
-        sequences = [job.sequences[k] for job, k in self.active]
+    def _run(self, sequences: list[Sequence], next_write: float,
+             patient: float) -> tuple[list[str], list[str | None], tuple]:
+        """Step sequences until something needs the event loop (the module's docstring says what): at
+        next_write, or at the first event past `patient`. Returns each sequence's released text and
+        finish_reason, and the run's seconds, steps, batch size and tokens."""
         now = time.monotonic()
-        until = min(self._next_flush, *(job.deadline for job, _ in self.active),
-                    *([self._closing_at] if self.draining else []))
+        closing = [self._closing_at] if self.draining else []
+        until = min(next_write, *(job.deadline for job, _ in self.active), *closing)
         first = min((len(s.prompt_ids) - s.prompt_fed for s in sequences if not s.token_ids), default=0)
-        patient, asked, waits = now + self.stream_interval / 4, 0, False  # a new sequence's first token: step `first`
+        asked, waits = 0, False  # a new sequence's first token comes at step `first`
 
         def more(ended: bool) -> bool:
             nonlocal asked, waits
             asked += 1
             now = time.monotonic()
             waits = waits or ended or asked == first or self._interrupt
-            return now < until and (not waits or now < patient)
+            return now < until and not self._stopping and (not waits or now < patient)
 
-        def run() -> tuple[list[str], list[str | None], tuple[float, int, int]]:
-            before = sum(len(s.token_ids) for s in sequences)
-            start = time.monotonic()
-            pieces, steps = self.generator.advance(sequences, more)
-            seconds, tokens = time.monotonic() - start, sum(len(s.token_ids) for s in sequences) - before
-            return pieces, [s.finish_reason for s in sequences], (seconds, steps, tokens)
+        before = sum(len(s.token_ids) for s in sequences)
+        pieces, steps = self.generator.advance(sequences, more)
+        seconds, tokens = time.monotonic() - now, sum(len(s.token_ids) for s in sequences) - before
+        return pieces, [s.finish_reason for s in sequences], (seconds, steps, len(sequences), tokens)
 
-        self._interrupt = False
-        return self._loop.run_in_executor(self._worker, run)
+    def _post(self, callback, *args) -> None:
+        """Call callback(*args) on the event loop's thread."""
+        self._loop.call_soon_threadsafe(callback, *args)
+
+    # ------------------------------------------------------------------------- on the event loop's thread
 
     def _hand_out(self, entries: list[tuple[Job, int]], pieces: list[str], reasons: list[str | None],
-                  due: bool) -> None:
+                  stats: tuple, due: bool) -> None:
         """Give the jobs the text their sequences released in a run, and flush the streams when due."""
+        self.metrics.observe_steps(*stats)
         for (job, k), piece, reason in zip(entries, pieces, reasons, strict=True):
             if job.live and reason == "error":  # the model failed this sequence alone
                 log.error("the model failed a sequence (%s); its request is cut", job.sequences[k].error)
