@@ -5,6 +5,7 @@ import copy
 import json
 import math
 import shutil
+from dataclasses import asdict
 
 import numpy as np
 import onnx
@@ -28,8 +29,7 @@ def save_checkpoint(path, model: RNNLM, tokenizer, steps: int = 123, val_bpc: fl
     """What `rnnlm fit` saves, as far as export reads it."""
     torch.save({
         "global_step": steps,
-        "hyper_parameters": {"vocab_size": model.vocab_size, "hidden_size": model.hidden_size, "dropout": 0.0,
-                             "num_layers": model.num_layers, "nonlinearity": model.nonlinearity, "lr": 2e-3},
+        "hyper_parameters": {**asdict(model.config), "lr": 2e-3},
         "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
         "rnnlm": {"tokenizer": {"type": tokenizer.kind, "data": tokenizer.to_bytes()}, "corpus": "corpus.txt",
                   "corpus_sha256": "0" * 64, "val_bpc": val_bpc, "hidden": None},

@@ -2,6 +2,9 @@
 
     input_ids (B,) int64, past_hidden (L, B, H) float32  ->  logits (B, V), present_hidden (L, B, H)
 
+and for an LSTM also past_cell -> present_cell (L, B, H): one past_/present_ pair per name in the
+model's state_names, each listed in the manifest's `state`.
+
 The graph is RNNLM.step traced by torch.onnx's dynamo exporter (torch.export: no network, every
 layer in one graph, U x a Gather and W h + U x + b one Gemm), batch_size its only dynamic axis.
 Before the folder exists, the export checks itself (parity.py): the float32 graph in onnxruntime
@@ -30,12 +33,9 @@ from rnnlm.runtime.generator import Generator
 from rnnlm.runtime.manifest import (
     BATCH,
     FORMAT,
-    HIDDEN,
-    INPUTS,
     LOGITS,
     MANIFEST_FILE,
     MODEL_FILE,
-    OUTPUTS,
     QUANTIZATIONS,
     TOKENS,
     sha256_bytes,
@@ -48,14 +48,19 @@ CHECKPOINT_ADVICE = "give a .ckpt file written by `rnnlm fit` (e.g. runs/char/ch
 
 
 class StepFunction(nn.Module):
-    """RNNLM.step with the graph's I/O names as its argument names."""
+    """RNNLM.step: input_ids and the past state in, logits and the present state out."""
 
     def __init__(self, model: RNNLM) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, past_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.step(input_ids, past_hidden)  # logits (B, V), present_hidden (L, B, H)
+    def forward(self, input_ids: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model.step(input_ids, *past)  # logits (B, V), then the present state, (L, B, H) each
+
+
+def state_io(model: RNNLM) -> list[tuple[str, str]]:
+    """The graph's (input, output) name of each state tensor: past_hidden -> present_hidden, ..."""
+    return [(f"past_{name}", f"present_{name}") for name in model.state_names]
 
 
 def load_checkpoint(path: str | Path) -> tuple[RNNLM, Tokenizer, dict]:
@@ -108,14 +113,13 @@ def _quiet():
 
 def to_onnx(model: RNNLM, path: Path) -> None:
     """Write model.step as an ONNX graph with batch_size the only dynamic axis."""
-    L, H = model.num_layers, model.hidden_size
-    batch = torch.export.Dim("batch_size")
-    example = (torch.zeros(2, dtype=torch.long), torch.zeros(L, 2, H))  # batch 2: a size-1 axis would be fixed
+    batch, io = torch.export.Dim(BATCH), state_io(model)
+    example = (torch.zeros(2, dtype=torch.long), *model.init_state(2))  # batch 2: a size-1 axis would be fixed
     with _quiet(), torch.no_grad():
         torch.onnx.export(
             StepFunction(model).eval(), example, str(path), dynamo=True, opset_version=OPSET, external_data=False,
-            input_names=list(INPUTS), output_names=list(OUTPUTS), verbose=False,
-            dynamic_shapes={"input_ids": {0: batch}, "past_hidden": {1: batch}},
+            input_names=[TOKENS, *(past for past, _ in io)], output_names=[LOGITS, *(present for _, present in io)],
+            verbose=False, dynamic_shapes=({0: batch}, tuple({1: batch} for _ in io)),  # *past: one tuple
         )
 
 
@@ -136,11 +140,12 @@ def manifest(model: RNNLM, tokenizer: Tokenizer, graph: bytes, tokenizer_file: P
         "sampler": RULE,
         "model": {"file": MODEL_FILE, "sha256": sha256_bytes(graph), "bytes": len(graph), "opset": OPSET,
                   "quantization": quantization, "parity": checks},
-        "cell": f"rnn_{model.nonlinearity}",
+        "cell": f"rnn_{model.nonlinearity}" if model.config.cell == "rnn" else model.config.cell,
         "vocab_size": V, "hidden_size": H, "num_layers": L,
         "inputs": {TOKENS: {"name": TOKENS, "dtype": "int64", "shape": [BATCH]}},
         "outputs": {LOGITS: {"name": LOGITS, "dtype": "float32", "shape": [BATCH, V]}},
-        "state": [{"input": HIDDEN[0], "output": HIDDEN[1], "dtype": "float32", "shape": [L, BATCH, H]}],
+        "state": [{"input": past, "output": present, "dtype": "float32", "shape": [L, BATCH, H]}
+                  for past, present in state_io(model)],
         "tokenizer": {"type": tokenizer.kind, "file": tokenizer_file.name,
                       "sha256": sha256_bytes(tokenizer_file.read_bytes()),
                       **({"vocabulary": {"file": vocabulary.name, "sha256": sha256_bytes(vocabulary.read_bytes())}}
@@ -209,4 +214,4 @@ def export_command(args: argparse.Namespace) -> None:
                    f"{m['top1_agreement']:.3f}" for name, m in parity.get("int8", {}).items() if name != "bounds")
     print(f"wrote {out}: {spec['model']['bytes'] / 1e6:.2f} MB {spec['cell']} L={spec['num_layers']} "
           f"H={spec['hidden_size']} V={spec['vocab_size']} ({spec['model']['quantization']}); float32 graph vs torch "
-          f"max |diff| logits {diff['logits']:.2g}, hidden {diff['hidden']:.2g}{int8}")
+          f"max |diff| {', '.join(f'{name} {d:.2g}' for name, d in diff.items())}{int8}")

@@ -1,7 +1,7 @@
 """How an exported graph is judged against the torch model it came from, before it is written.
 
 A float32 graph computes what torch computes: on random tokens and states at batch sizes 1 and 7,
-logits and hidden states may differ by at most 1e-5.
+logits and every state tensor (hidden, and an LSTM's cell) may differ by at most 1e-5.
 
 An int8 graph (dynamic quantization: int8 weights, one scale per matrix, activations quantized per
 call) moves logits by an amount that depends on the weights, so no fixed bound on |diff| fits every
@@ -30,14 +30,14 @@ import torch
 
 from rnnlm.errors import RnnlmError
 from rnnlm.model import RNNLM
-from rnnlm.runtime.manifest import HIDDEN, INPUTS, OUTPUTS, TOKENS
+from rnnlm.runtime.manifest import LOGITS, TOKENS
 
 BATCH_SIZES = (1, 7)
 FLOAT32_TOLERANCE = 1e-5  # max |onnxruntime - torch| on logits and hidden states
 RANDOM_STATES, STREAMS, STEPS = 512, 16, 64
 INT8_BOUNDS = {"kl_mean": 0.01, "top1_agreement": 0.9}
 RULES = {
-    "none": f"max |onnxruntime - torch| <= {FLOAT32_TOLERANCE:g} on logits and on hidden states",
+    "none": f"max |onnxruntime - torch| <= {FLOAT32_TOLERANCE:g} on logits and on every state tensor",
     "int8": f"the float32 graph: max |onnxruntime - torch| <= {FLOAT32_TOLERANCE:g}; the int8 graph against torch, "
             f"on {RANDOM_STATES} random states and on {STREAMS} x {STEPS} states of the model's own text: "
             f"mean KL(torch || int8) <= {INT8_BOUNDS['kl_mean']:g} nats and top-1 agreement >= "
@@ -50,19 +50,29 @@ def _session(graph: bytes) -> ort.InferenceSession:
     return ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
 
 
+def _names(model: RNNLM) -> tuple[list[str], list[str]]:
+    """The graph's input and output names: input_ids and past_<state>; logits and present_<state>."""
+    return ([TOKENS, *(f"past_{n}" for n in model.state_names)], [LOGITS, *(f"present_{n}" for n in model.state_names)])
+
+
+def _random_state(model: RNNLM, rng: np.random.Generator, batch_size: int) -> list[np.ndarray]:
+    """One state tensor per name in model.state_names, uniform in [-1, 1]: (L, B, H) each."""
+    shape = (model.num_layers, batch_size, model.hidden_size)
+    return [rng.uniform(-1, 1, shape).astype(np.float32) for _ in model.state_names]
+
+
 def float32_parity(model: RNNLM, graph: bytes) -> dict:
     """Run the graph in onnxruntime and model.step in torch on the same random tokens and states at
     each of BATCH_SIZES; raise RnnlmError when they differ by more than FLOAT32_TOLERANCE."""
-    session, rng = _session(graph), np.random.default_rng(0)
+    session, rng, (inputs, outputs) = _session(graph), np.random.default_rng(0), _names(model)
     got, want = [], []
     for B in BATCH_SIZES:
-        ids = rng.integers(0, model.vocab_size, B)  # (B,)
-        past = rng.uniform(-1, 1, (model.num_layers, B, model.hidden_size)).astype(np.float32)  # (L, B, H)
-        got.append(session.run(list(OUTPUTS), dict(zip(INPUTS, (ids, past), strict=True))))
+        ids, past = rng.integers(0, model.vocab_size, B), _random_state(model, rng, B)  # (B,), (L, B, H) each
+        got.append(session.run(outputs, dict(zip(inputs, (ids, *past), strict=True))))
         with torch.no_grad():
-            want.append([t.numpy() for t in model.step(torch.from_numpy(ids), torch.from_numpy(past))])
+            want.append([t.numpy() for t in model.step(torch.from_numpy(ids), *map(torch.from_numpy, past))])
     diff = {name: max(float(np.abs(g[k] - w[k]).max()) for g, w in zip(got, want, strict=True))
-            for k, name in enumerate(("logits", "hidden"))}
+            for k, name in enumerate(("logits", *model.state_names))}
     limit = {name: FLOAT32_TOLERANCE for name in diff}
     for name in diff:
         if not diff[name] <= limit[name]:
@@ -75,24 +85,22 @@ def int8_agreement(model: RNNLM, graph: bytes) -> dict:
     """Compare the next-token distributions of an int8 graph with torch's on random states and on the
     model's own text (module docstring); raise RnnlmError when a set breaks INT8_BOUNDS. Returns
     what was measured on each set."""
-    session = _session(graph)
-    L, H, V = model.num_layers, model.hidden_size, model.vocab_size
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, V, RANDOM_STATES)  # (N,)
-    past = rng.uniform(-1, 1, (L, RANDOM_STATES, H)).astype(np.float32)  # (L, N, H)
+    session, rng, (inputs, outputs) = _session(graph), np.random.default_rng(0), _names(model)
+    ids, past = rng.integers(0, model.vocab_size, RANDOM_STATES), _random_state(model, rng, RANDOM_STATES)
     with torch.no_grad():
-        want = model.step(torch.from_numpy(ids), torch.from_numpy(past))[0].numpy()  # (N, V)
-    got = session.run([OUTPUTS[0]], dict(zip(INPUTS, (ids, past), strict=True)))[0]
+        want = model.step(torch.from_numpy(ids), *map(torch.from_numpy, past))[0].numpy()  # (N, V)
+    got = session.run([LOGITS], dict(zip(inputs, (ids, *past), strict=True)))[0]
     measured = {"random_states": _agreement(want, got)}
 
     generator = torch.Generator().manual_seed(0)
-    x = torch.arange(STREAMS) % V  # (B,): each stream starts at another token of the vocabulary
-    h, h_int8 = model.init_hidden(STREAMS), np.zeros((L, STREAMS, H), np.float32)  # (L, B, H) each
+    x = torch.arange(STREAMS) % model.vocab_size  # (B,): each stream starts at another token of the vocabulary
+    state = model.init_state(STREAMS)  # (L, B, H) each, torch's
+    state_int8 = [s.numpy() for s in state]  # the int8 graph's own
     want, got = [], []
     with torch.no_grad():
         for _ in range(STEPS):
-            logits, h = model.step(x, h)  # (B, V), (L, B, H)
-            logits_int8, h_int8 = session.run(list(OUTPUTS), {TOKENS: x.numpy(), HIDDEN[0]: h_int8})
+            logits, *state = model.step(x, *state)  # (B, V), then (L, B, H) each
+            logits_int8, *state_int8 = session.run(outputs, dict(zip(inputs, (x.numpy(), *state_int8), strict=True)))
             want.append(logits.numpy())
             got.append(logits_int8)
             x = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]  # the model's own text
