@@ -5,10 +5,10 @@ thread, so that the event loop serves HTTP while the batch is stepped and neithe
 other: it drops the sequences of abandoned requests and cuts those past their deadline (or past the
 shutdown grace), fills free slots of the batch from the queue, and steps the batch
 (Generator.advance) until something needs the event loop: a write to the streams is due, a deadline
-passes, or (no sooner than a quarter of the write interval after its last hand-over) a sequence
-finishes, a new one draws its first token, or new work waits for a free slot. Then it hands the
-text released over those steps to the event loop's thread, which gives it to the jobs. So a busy
-server hands over once per several steps, not once per token. A finished sequence leaves the batch
+passes, or (no sooner than PATIENCE after its last hand-over) a sequence finishes, a new one draws
+its first token, or new work waits for a free slot. Then it hands the text released over those
+steps to the event loop's thread, which gives it to the jobs. So a busy server hands over once per
+several steps, not once per token. A finished sequence leaves the batch
 at once and its slot goes to the next one waiting. A sequence's text depends only on its own
 prompt, params and seed, never on what shares its batch. A sequence the model fails (finish_reason
 "error") cuts its own request, never the rest of the batch.
@@ -35,6 +35,7 @@ from rnnlm.runtime.sequence import Sequence
 log = logging.getLogger(__name__)
 Piece = tuple[int, str, str | None]  # (choice index, text released, finish_reason once finished)
 END = None  # the last item of a job's outbox
+PATIENCE = 0.005  # seconds after a hand-over before an event ends a run (at most a quarter of the write interval)
 
 
 class QueueFull(Exception):
@@ -179,7 +180,7 @@ class Scheduler:
             entries = self.active
             try:
                 pieces, reasons, stats = self._run([job.sequences[k] for job, k in entries], next_write,
-                                                   posted + self.stream_interval / 4)
+                                                   posted + min(PATIENCE, self.stream_interval / 4))
             except Exception:
                 log.exception("a batched step failed; its %d sequences are cut", len(entries))
                 self.active = []
