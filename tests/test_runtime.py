@@ -99,6 +99,27 @@ def test_sequences_joining_and_leaving_a_batch_keep_their_own_text(gen):
         assert s.text == texts[id(s)] == gen.generate(prompt, max_new_tokens=p.max_new_tokens, seed=p.seed)
 
 
+@pytest.mark.parametrize("stop", [(), ("\u2603",)])  # lazy runs; runs that decode at each step (never met)
+def test_runs_of_steps_release_the_text_of_single_steps(gen, stop):
+    """Generator.advance, as a server's loop calls it: runs of a few steps, the batch changing between runs.
+    A run stops when more() says so or a sequence finishes; the texts it returns join to each sequence's."""
+    params = [gen.params(max_new_tokens=n, seed=s, stop=stop) for n, s in [(30, 1), (12, 2), (25, 3), (9, 4)]]
+    prompts = [PROMPTS[0], PROMPTS[3], PROMPTS[1], PROMPTS[2]]
+    sequences = [gen.start(p, q) for p, q in zip(prompts, params, strict=True)]
+    live, waiting, texts, runs = sequences[:1], sequences[1:], {id(s): "" for s in sequences}, 0
+    while live or waiting:
+        budget = iter(range(runs % 4))  # runs of 1 to 4 steps
+        pieces, steps = gen.advance(live, lambda ended, budget=budget: next(budget, None) is not None)
+        assert 1 <= steps <= runs % 4 + 1
+        for sequence, piece in zip(live, pieces, strict=True):
+            texts[id(sequence)] += piece
+        live = [s for s in live if not s.finished] + waiting[:1]
+        waiting, runs = waiting[1:], runs + 1
+    for sequence, prompt, p in zip(sequences, prompts, params, strict=True):
+        want = gen.generate(prompt, max_new_tokens=p.max_new_tokens, seed=p.seed)
+        assert sequence.text == texts[id(sequence)] == want and sequence.finish_reason == "length"
+
+
 def test_stop_strings_end_the_text_before_the_first_of_them(gen):
     text = gen.generate("the ", max_new_tokens=200, seed=8)
     first, later = text[60:62], text[120:123]
