@@ -136,7 +136,7 @@ def test_forward_equals_t_steps(cell, bptt):
     torch.testing.assert_close(last, tuple(step_state), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", ["rnn", *CELLS])
 def test_manual_runs_under_autocast(cell):
     """Under bf16 autocast, layers above the first get a_x in bf16 while W and the state stay float32."""
     torch.manual_seed(0)

@@ -404,17 +404,24 @@ def test_timeout_cuts_a_stream_cleanly(small_server):
     assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "timeout"
 
 
+def signal_two_streams(s: Server, sig: int, wait: float = 0.0) -> tuple[list, list]:
+    """Start a short stream (300 tokens) and an endless one, send sig once both have begun (after wait
+    seconds), and return the events each received: (short, long)."""
+    url = f"{s.url}/v1/completions"
+    with httpx.Client(timeout=30) as client:
+        with client.stream("POST", url, json={"prompt": "", "max_tokens": LONG, "stream": True}) as long, \
+             client.stream("POST", url, json={"prompt": "", "max_tokens": 300, "stream": True}) as short:
+            long_lines, short_lines = long.iter_lines(), short.iter_lines()
+            next(long_lines), next(short_lines)
+            time.sleep(wait)
+            s.process.send_signal(sig)
+            return sse(short_lines), sse(long_lines)
+
+
 @pytest.mark.slow
 def test_sigterm_finishes_short_streams_cuts_long_ones_and_exits_0(model_dir, tmp_path):
     with serving(model_dir, tmp_path / "serve.log", "--shutdown-grace", "3", "--max-tokens", str(LONG)) as s:
-        url = f"{s.url}/v1/completions"
-        with httpx.Client(timeout=30) as client:
-            with client.stream("POST", url, json={"prompt": "", "max_tokens": LONG, "stream": True}) as long, \
-                 client.stream("POST", url, json={"prompt": "", "max_tokens": 300, "stream": True}) as short:
-                long_lines, short_lines = long.iter_lines(), short.iter_lines()
-                next(long_lines), next(short_lines)
-                s.process.send_signal(signal.SIGTERM)
-                short_events, long_events = sse(short_lines), sse(long_lines)
+        short_events, long_events = signal_two_streams(s, signal.SIGTERM)
         assert short_events[-1] == "[DONE]" and joined(short_events)[1] == ["length"]
         assert long_events[-1] == "[DONE]" and long_events[-2]["error"]["code"] == "server_shutting_down"
         assert s.process.wait(timeout=15) == 0
@@ -458,15 +465,7 @@ def test_sigint_drains_and_closes_clients_that_stopped_reading(model_dir, tmp_pa
         body = json.dumps({"prompt": "", "max_tokens": LONG, "stream": True, "n": 64}).encode()
         stalled.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        url = f"{s.url}/v1/completions"
-        with httpx.Client(timeout=30) as client:
-            with client.stream("POST", url, json={"prompt": "", "max_tokens": LONG, "stream": True}) as long, \
-                 client.stream("POST", url, json={"prompt": "", "max_tokens": 300, "stream": True}) as short:
-                long_lines, short_lines = long.iter_lines(), short.iter_lines()
-                next(long_lines), next(short_lines)
-                time.sleep(2)  # the stalled stream fills the socket buffers
-                s.process.send_signal(signal.SIGINT)
-                short_events, long_events = sse(short_lines), sse(long_lines)
+        short_events, long_events = signal_two_streams(s, signal.SIGINT, wait=2)  # the stalled stream fills buffers
         assert short_events[-1] == "[DONE]" and joined(short_events)[1] == ["length"]
         assert long_events[-1] == "[DONE]" and long_events[-2]["error"]["code"] == "server_shutting_down"
         assert s.process.wait(timeout=15) == 0
