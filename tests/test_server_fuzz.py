@@ -87,7 +87,7 @@ BODIES = st.one_of(
     st.builds(mutated, st.builds(encoded, REQUESTS, st.just(False)),
               st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=3)),
 )
-NASTY = [  # the reproducers of issue 13, and their kin
+NASTY = [  # known hostile bodies (a surrogate key, a huge number, deep nesting), and their kin
     b'{"prompt": "a", "\\ud800": 1}',
     b'{"prompt": "\\udfff"}',
     b'{"prompt": "", "stop": ["\\ud800"]}',
