@@ -21,6 +21,7 @@ Stepping many independent sequences as one batch (what a continuous-batching ser
     params = g.params(temperature=0.8, max_new_tokens=100, stop=["\\n"], seed=7)  # checked, seeded SamplingParams
     seq = g.start(prompt, params, unknown="error")   # a Sequence: prompt ids, params (seed), tokens, text
     pieces = g.step(sequences)   # one batched step-function call; list[str] aligned with `sequences`
+    pieces, steps = g.advance(sequences, more)   # several steps while more(ended) says so (a server's loop)
     seq.finished, seq.finish_reason ("stop" | "length" | "error"), seq.error, seq.text, seq.token_ids
 
 Each `step` feeds every unfinished sequence its next token (a prompt token during prefill, then the
