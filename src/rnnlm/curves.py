@@ -36,8 +36,13 @@ class Curves:
         return step, loss, dict(self.rows["val/bpc"]).get(step, math.nan)
 
 
+def _in_versions(run: Path, name: str) -> list[Path]:
+    """The file `name` of each logs/version_N of a run, oldest version first."""
+    return sorted((run / "logs").glob(f"version_*/{name}"), key=lambda p: int(p.parent.name.split("_")[-1]))
+
+
 def _versions(run: Path) -> list[Path]:
-    logs = sorted((run / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    logs = _in_versions(run, "metrics.csv")
     if not logs:
         raise RnnlmError(f"{run} has no logs/version_N/metrics.csv; give the folder of a run of `rnnlm fit` "
                          "(its --trainer.default_root_dir, e.g. runs/char)")
@@ -62,7 +67,7 @@ def read_curves(run: str | Path) -> Curves:
 
 def _tokens_per_step(run: Path) -> int | None:
     """batch_size x seq_len x world size from the newest config.yaml of the run."""
-    configs = sorted((run / "logs").glob("version_*/config.yaml"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    configs = _in_versions(run, "config.yaml")
     if not configs:
         return None
     text = configs[-1].read_text(encoding="utf-8")
