@@ -35,6 +35,23 @@ def small_corpus(tmp_path_factory) -> Path:
     return path
 
 
+# Python code that makes torch, Lightning and onnx unimportable: prefixed to a subprocess's program, it
+# proves that what runs after it never imports them.
+BLOCK_TORCH = """
+import importlib.abc, sys
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {"torch", "lightning", "pytorch_lightning", "onnx", "onnxscript"}:
+            raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, Blocked())
+"""
+
+
+def relative_error(a, b) -> float:
+    """|a - b| / |b| of two tensors, as a float."""
+    return ((a - b).norm() / b.norm()).item()
+
+
 def run_rnnlm(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the installed `rnnlm` command (a real process) and capture its output."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}

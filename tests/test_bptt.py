@@ -3,14 +3,11 @@
 import pytest
 import torch
 
+from conftest import relative_error
 from rnnlm.bptt import recurrence_manual
 from rnnlm.model import RNNLM, ModelConfig
 
 V, H, B, T = 11, 8, 3, 7
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])

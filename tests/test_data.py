@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import BLOCK_TORCH
 from rnnlm import corpus as corpus_module
 from rnnlm.corpus import prepare, resolve_corpus
 from rnnlm.data import RNNLMDataModule, StreamDataset
@@ -90,13 +91,7 @@ def test_named_corpus_is_downloaded_checked_cached_and_falls_back_offline(corpus
 
 
 def test_prepare_command_imports_neither_torch_nor_lightning(small_corpus, tmp_path):
-    block = """
-import importlib.abc, sys
-class Blocked(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in {"torch", "lightning", "pytorch_lightning"}:
-            raise ImportError(f"{name} is blocked in this test")
-sys.meta_path.insert(0, Blocked())
+    block = BLOCK_TORCH + """
 from rnnlm.cli import main
 main(["prepare", "--config", sys.argv[2], "--corpus", sys.argv[1]])
 print(sorted(m for m in sys.modules if m.partition(".")[0] in {"torch", "lightning"}))

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import run_rnnlm
+from conftest import relative_error, run_rnnlm
 from rnnlm.errors import RnnlmError
 from rnnlm.gated import gru_manual, lstm_manual
 from rnnlm.model import RNNLM, ModelConfig
@@ -14,10 +14,6 @@ from rnnlm.module import RNNLMModule
 V, H, B, T = 11, 8, 3, 7
 CELLS = ["gru", "lstm"]
 TORCH = {"gru": (nn.GRU, "rzn"), "lstm": (nn.LSTM, "ifgo")}  # torch's layer and its gate order in the weights
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 def random_state(model: RNNLM, dtype=torch.float32) -> tuple[torch.Tensor, ...]:

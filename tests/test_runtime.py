@@ -8,6 +8,7 @@ from itertools import zip_longest
 import numpy as np
 import pytest
 
+from conftest import BLOCK_TORCH
 from rnnlm.errors import RnnlmError
 from rnnlm.runtime import Generator, SamplingParams, Sequence, sample
 from rnnlm.tokenizers import SentencePieceTokenizer
@@ -21,16 +22,6 @@ def gen(char_export) -> Generator:
 
 
 # ----------------------------------------------------------------------------- no torch
-
-
-BLOCK_TORCH = """
-import importlib.abc, sys
-class Blocked(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in {"torch", "lightning", "pytorch_lightning", "onnx", "onnxscript"}:
-            raise ImportError(f"{name} is blocked in this test")
-sys.meta_path.insert(0, Blocked())
-"""
 
 
 def test_runtime_and_sample_command_work_with_torch_unimportable(char_export, gen):
