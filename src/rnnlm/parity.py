@@ -30,6 +30,7 @@ import torch
 
 from rnnlm.errors import RnnlmError
 from rnnlm.model import RNNLM
+from rnnlm.runtime.evaluate import log_softmax
 from rnnlm.runtime.manifest import LOGITS, TOKENS
 
 BATCH_SIZES = (1, 7)
@@ -119,13 +120,8 @@ def int8_agreement(model: RNNLM, graph: bytes) -> dict:
 
 def _agreement(want: np.ndarray, got: np.ndarray) -> dict:
     """KL(softmax(want) || softmax(got)) per row, in float64, and top-1 agreement. want, got: (N, V)."""
-    p, q = _log_softmax(want), _log_softmax(got)  # (N, V) each
+    p, q = log_softmax(want), log_softmax(got)  # (N, V) each
     kl = (np.exp(p) * (p - q)).sum(axis=1)  # (N,)
     return {"states": len(kl), "kl_mean": float(kl.mean()), "kl_max": float(kl.max()),
             "top1_agreement": float((want.argmax(axis=1) == got.argmax(axis=1)).mean())}
 
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))

@@ -47,12 +47,18 @@ def bits_per_character(generator: Generator, text: str, unknown: str = "error") 
             session.run(buffers)
             logits[t] = buffers.logits[0]
             buffers.carry()
-        nats += _nll(logits[:n].astype(np.float64), targets[start:start + n])
+        nats += _nll(logits[:n], targets[start:start + n])
     return Score(bpc=nats / math.log(2) / len(text), nats=nats, tokens=len(targets), chars=len(text))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax(logits) over the last axis, in float64: the largest logit is subtracted first, so
+    that exp cannot overflow. logits: (n, V) -> (n, V)."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 def _nll(logits: np.ndarray, targets: np.ndarray) -> float:
     """Σ −log softmax(logits)[target]. logits: (n, V), targets: (n,)."""
-    top = logits.max(axis=1, keepdims=True)  # (n, 1): subtracted first, for a stable log-sum-exp
-    log_z = np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0]  # (n,)
-    return float((log_z - logits[np.arange(len(targets)), targets]).sum())
+    return -float(log_softmax(logits)[np.arange(len(targets)), targets].sum())
