@@ -53,6 +53,7 @@ def test_resume_with_another_model_is_one_clear_line(small_corpus, tmp_path):
         (["--data.tokenizer", "bpe", "--data.vocab_size", "90000"], "error: sentencepiece cannot build a bpe vocab"),
         (["--model.nonlinearity", "sigmoid"], "error: --model.nonlinearity must be one of ['relu', 'tanh'], got 'sig"),
         (["--model.dropout", "1.5"], "error: --model.dropout must lie in [0, 1), got 1.5"),
+        (["--model.init", "normal"], "error: --model.init must be one of ['fan_in', 'unit']"),
     ],
 )
 def test_bad_input_is_one_line(args, message, small_corpus, tmp_path):

@@ -79,3 +79,52 @@ def test_loss_ignores_targets_of_minus_100():
     _, _, loss = model(input_ids, targets=masked)
     kept = masked != -100
     torch.testing.assert_close(loss, F.cross_entropy(logits[kept], targets[kept]))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_unit_init_draws_the_first_layers_input_matrices_in_plus_minus_one(cell):
+    torch.manual_seed(0)
+    model = RNNLM(ModelConfig(65, 64, num_layers=2, cell=cell, init="unit"))
+    first = [model.U[0]] if cell == "rnn" else [getattr(model.layers[0], f"U_{k}") for k in model.layers[0].GATES]
+    for weight in first:  # 64 x 65 draws of U(-1, 1): the largest is within 0.01 of 1
+        assert 0.99 < weight.abs().max() <= 1
+    rest = [p for n, p in model.named_parameters() if p.dim() == 2 and all(p is not w for w in first)]
+    assert len(rest) >= 3
+    for weight in rest:  # the seed's ±1/√fan-in, unchanged
+        assert weight.abs().max() <= 1 / weight.shape[1] ** 0.5
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_input_dropout_drops_u_x_in_training_only(cell):
+    torch.manual_seed(0)
+    model = RNNLM(ModelConfig(V, H, cell=cell, input_dropout=0.5)).double()
+    x = torch.randint(V, (B, T))
+    plain = RNNLM(ModelConfig(V, H, cell=cell)).double()
+    plain.load_state_dict(model.state_dict())
+    model.eval()
+    torch.testing.assert_close(model(x)[0], plain(x)[0], rtol=0, atol=0)  # eval: no dropout
+    model.train()
+    torch.manual_seed(1)
+    dropped = model(x)[0]
+    assert (dropped - plain(x)[0]).abs().max() > 1e-3
+    # Training with input dropout is the same as training with half of U x zeroed and the rest doubled.
+    torch.manual_seed(1)
+    mask = torch.nn.functional.dropout(torch.ones(T, B, H, dtype=torch.float64), 0.5)  # the draw dropout made
+    if cell == "rnn":
+        a_x = (plain.U[0].t()[x.t()] * mask + plain.b[0])
+        hs = torch.stack(list(_tanh_scan(a_x, plain.W[0])))
+        torch.testing.assert_close(dropped, F.linear(hs, plain.V, plain.c).transpose(0, 1))
+
+
+def _tanh_scan(a_x, W):
+    h = torch.zeros(a_x.shape[1], a_x.shape[2], dtype=a_x.dtype)
+    for a_t in a_x:
+        h = torch.tanh(a_t + h @ W.t())
+        yield h
+
+
+def test_config_names_a_bad_init_or_input_dropout():
+    with pytest.raises(ValueError, match=r"init must be one of \['fan_in', 'unit'\]"):
+        ModelConfig(V, init="normal")
+    with pytest.raises(ValueError, match=r"input_dropout must lie in \[0, 1\), got 1.0"):
+        ModelConfig(V, input_dropout=1.0)

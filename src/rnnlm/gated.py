@@ -281,6 +281,7 @@ class GatedLayer(nn.Module):
             setattr(self, f"U_{k}", nn.Parameter(torch.empty(hidden_size, input_size)))
             setattr(self, f"W_{k}", nn.Parameter(torch.empty(hidden_size, hidden_size)))
             setattr(self, f"b_{k}", nn.Parameter(torch.zeros(hidden_size)))
+        self.input_drop: nn.Module | None = None  # the model's input dropout, on the first layer's U x
 
     def reset_parameters(self) -> None:
         """U_*, W_* uniform in [-1/sqrt(n), 1/sqrt(n)], n the fan-in; biases zero."""
@@ -301,6 +302,8 @@ class GatedLayer(nn.Module):
         the recurrences, consuming a_x, cannot take over)."""
         U, b = self.stacked("U"), self.stacked("b")
         if not x.is_floating_point():
+            if self.input_drop is not None and self.input_drop.training and self.input_drop.p > 0:
+                return self.input_drop(F.embedding(x, U.t())) + b  # dropout of U x, not of b
             return F.embedding(x, torch.add(U.t(), b))
         if x.dim() == 3:  # (T, B, I)
             return torch.baddbmm(b, x, U.t().expand(len(x), -1, -1))  # (T, B, kH)

@@ -46,6 +46,10 @@ def recurrence_autograd(a_x: torch.Tensor, h0: torch.Tensor, W: torch.Tensor, no
 
 
 RECURRENCES = {"manual": recurrence_manual, "autograd": recurrence_autograd}  # how BPTT is done; same numbers
+# How the first layer's input matrices start (every other matrix starts as the seed's, ±1/√fan-in):
+# "fan_in" is the seed's ±1/√V; "unit" is uniform in [-1, 1], each token's column an input drive of order 1,
+# about what an N(0, 1) embedding gives a cuDNN RNN (at V=65, ±1/√V gives a drive of order 0.1).
+INITS = ("fan_in", "unit")
 CELLS = ("rnn", *LAYERS)  # the vanilla cell, then the gated ones
 
 
@@ -65,6 +69,8 @@ class ModelConfig:
     nonlinearity: str = "tanh"  # f: tanh or relu, of the rnn cell (the gated cells have their own)
     cell: str = "rnn"  # rnn (the vanilla cell), gru or lstm
     dropout: float = 0.0  # between layers and before the output, in training only
+    input_dropout: float = 0.0  # on the first layer's input drive U x (the token's column of U), in training only
+    init: str = "fan_in"  # the first layer's input matrices: "fan_in" (the seed's ±1/√V) or "unit" (±1); INITS
     bptt: str = "manual"  # hand-written BPTT (rnnlm.bptt) or "autograd", the reference
 
     SHAPE: ClassVar[tuple[str, ...]] = ("vocab_size", "hidden_size", "num_layers", "nonlinearity", "cell")
@@ -81,8 +87,12 @@ class ModelConfig:
         if self.cell != "rnn" and self.nonlinearity != ModelConfig.nonlinearity:
             raise ValueError(f"nonlinearity {self.nonlinearity!r} is for cell rnn only: the {self.cell} cell has its "
                              f"own (sigmoid gates, tanh candidate); leave it at {ModelConfig.nonlinearity!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "input_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {list(INITS)} (how the first layer's input matrices start), "
+                             f"got {self.init!r}")
         if self.bptt not in RECURRENCES:
             raise ValueError(f"bptt must be one of {sorted(RECURRENCES)} (how gradients are computed), "
                              f"got {self.bptt!r}")
@@ -124,6 +134,9 @@ class RNNLM(nn.Module):
         self.V = nn.Parameter(torch.empty(V, H))  # the output matrix V; its rows count the vocabulary, also V
         self.c = nn.Parameter(torch.zeros(V))
         self.drop = nn.Dropout(config.dropout)
+        self.input_drop = nn.Dropout(config.input_dropout)
+        if config.cell != "rnn":
+            self.layers[0].input_drop = self.input_drop
         self.reset_parameters()
 
     @classmethod
@@ -138,13 +151,18 @@ class RNNLM(nn.Module):
 
     def reset_parameters(self) -> None:
         """The seed's initialisation: U, W, V uniform in [-1/sqrt(n), 1/sqrt(n)], n the fan-in; b, c zero.
-        A gated layer does the same for its gates (and sets the LSTM's b_f to 1) in its own constructor."""
-        matrices = [*self.U, *self.W, self.V] if self.config.cell == "rnn" else [self.V]
-        for weight in matrices:
+        A gated layer does the same for its gates (and sets the LSTM's b_f to 1) in its own constructor.
+        With init="unit", the first layer's input matrices (U, or every U_k of a gated cell) are uniform in [-1, 1]."""
+        rnn = self.config.cell == "rnn"
+        for weight in [*self.U, *self.W, self.V] if rnn else [self.V]:
             bound = 1.0 / math.sqrt(weight.shape[1])
             nn.init.uniform_(weight, -bound, bound)
-        for bias in [*self.b, self.c] if self.config.cell == "rnn" else [self.c]:
+        for bias in [*self.b, self.c] if rnn else [self.c]:
             nn.init.zeros_(bias)
+        if self.config.init == "unit":
+            first = [self.U[0]] if rnn else [getattr(self.layers[0], f"U_{k}") for k in self.layers[0].GATES]
+            for weight in first:
+                nn.init.uniform_(weight, -1.0, 1.0)
 
     def init_hidden(self, batch_size: int) -> torch.Tensor:
         """A zero state tensor: (L, B, H)."""
@@ -157,7 +175,7 @@ class RNNLM(nn.Module):
     def input_projection(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """U x + b of the vanilla cell: a column lookup for token ids at layer 0, a matmul above it."""
         if layer == 0:
-            return F.embedding(x, self.U[0].t()) + self.b[0]  # (..., H)
+            return self.input_drop(F.embedding(x, self.U[0].t())) + self.b[0]  # (..., H)
         return F.linear(x, self.U[layer], self.b[layer])  # (..., H)
 
     def layer_step(self, l: int, x: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

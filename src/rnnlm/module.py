@@ -33,6 +33,8 @@ class RNNLMModule(L.LightningModule):
         nonlinearity: str = ModelConfig.nonlinearity,
         cell: str = ModelConfig.cell,
         dropout: float = ModelConfig.dropout,
+        input_dropout: float = ModelConfig.input_dropout,
+        init: str = ModelConfig.init,
         bptt: str = ModelConfig.bptt,
         optimizer: str = "adamw",
         lr: float = 2e-3,
