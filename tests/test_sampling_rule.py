@@ -142,6 +142,19 @@ def test_a_mixed_batch_draws_what_the_rule_draws_token_by_token(char_export, gen
         assert s.token_ids == reference_text(char_export, prompt, s.params)
 
 
+def test_rows_drawing_in_step_across_blocks_of_noise_draw_what_the_rule_draws(char_export, gen):
+    # Rows in step take their noise in blocks computed ahead on a worker thread; rows leaving mid-block
+    # (at 400 and 700 tokens) drop the block being computed.
+    lengths = [700, 400, 700, 1000]
+    sequences = [gen.start("the ", gen.params(temperature=1.0, seed=40 + k, max_new_tokens=n))
+                 for k, n in enumerate(lengths)]
+    while not all(s.finished for s in sequences):
+        gen.step([s for s in sequences if not s.finished])
+    for s, n in zip(sequences, lengths, strict=True):
+        assert len(s.token_ids) == n
+        assert s.token_ids == reference_text(char_export, "the ", s.params)
+
+
 def test_generate_batch_draws_what_the_rule_draws(char_export, gen):
     prompts = [p for p, *_ in MIXED]
     texts = gen.generate_batch(prompts, max_new_tokens=300, temperature=0.8, top_k=12, top_p=0.95, seed=2**64 - 2)

@@ -16,14 +16,17 @@ with it (Sequence.state) and brings it back when it rejoins.
 
 The noise of a row's draws depends only on its key and draw numbers, so it is computed `ahead`
 draws at a time for every row that needs it, in one vectorized call. When every row draws at
-every step (no prompt being fed) and their blocks are aligned, a step reads its noise as a view.
+every step (no prompt being fed) and their blocks are aligned, a step reads its noise as a view,
+and the block after it is computed on a worker thread while onnxruntime runs the steps (both
+release the GIL, so on a machine with a second core the noise costs the step loop nothing).
 In a lazy batch, the tokens of each step are logged and handed to the sequences (decoded once)
 when one of them finishes or the rows change.
 """
 
 import contextlib
 import math
-from functools import partial
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cache, partial
 
 import numpy as np
 
@@ -59,12 +62,14 @@ class Batch:
         self._uncounted = 0  # steps at which every row drew, not yet added to rowwise["count"]
         self._unit_temperature = False  # every row samples at temperature 1: no division
         self._log: list[tuple[np.ndarray | None, np.ndarray]] = []  # lazy steps: (rows or None for all, tokens)
+        self._next: Ahead | None = None  # the next block of every row's noise, computed on the worker thread
         self._grow(8)
 
     # ------------------------------------------------------------------------- arrays
 
     def _grow(self, capacity: int) -> None:
         """(Re)allocate every row array for capacity rows; the fewer rows, the more draws of noise ahead."""
+        self._drop_next()
         V = self.vocab_size
         self.capacity, self.ahead = capacity, max(1, min(256, AHEAD_ELEMENTS // (capacity * V)))
         K = self.ahead
@@ -72,6 +77,7 @@ class Batch:
                       for s in self.session.state]  # per state tensor, two flat buffers
         self.input_ids = np.zeros(capacity, np.int64)
         self.logits = np.zeros((capacity, V), np.float32)
+        self._scores = np.zeros((capacity, V), np.float64)  # choose's work array
         self.rowwise, self._spare = ({  # what a rearrangement gathers, from one of the two into the other
             "count": np.zeros(capacity, np.int64),  # tokens sampled = the next draw number
             "limit": np.zeros(capacity, np.int64),  # max_new_tokens
@@ -83,6 +89,7 @@ class Batch:
             "first": np.full(capacity, NO_NOISE, np.int64),  # the draw number of noise[row, 0]
             "noise": np.zeros((capacity, K, V), np.float64),  # log(-log u) of draws first .. first + K - 1
         } for _ in range(2))
+        self._next_noise = np.zeros((capacity, K, V), np.float64)  # where the worker writes the next block
         self._bindings.clear()
 
     def _view(self, k: int, buffer: int, batch_size: int) -> np.ndarray:
@@ -130,7 +137,7 @@ class Batch:
         if self._noise_steps <= 0:
             self._refill(at)
         with self._overflow():
-            tokens = choose(logits, temperature, self._noise(at), greedy, top_k, top_p)
+            tokens = choose(logits, temperature, self._noise(at), greedy, top_k, top_p, self._scores[:len(logits)])
         self.input_ids[rows] = tokens
         if at is None:
             self._uncounted += 1
@@ -168,7 +175,11 @@ class Batch:
         if stale.size:
             first, keys = rw["count"][stale], rw["key"][stale]
             n = min(K, int((rw["limit"][stale] - first).max()))  # no draws past a row's length
-            if stale[-1] == stale.size - 1:  # rows 0 .. n-1: fill in place
+            if stale.size == B:  # every row: the block the worker computed, if it is this one
+                if not self._take_next(first, keys, n):
+                    self.noise.fill(rw["noise"][:B, :n], keys, first)
+                self._start_next(first + n, keys, min(K, int((rw["limit"][:B] - first - n).max())))
+            elif stale[-1] == stale.size - 1:  # rows 0 .. n-1: fill in place
                 self.noise.fill(rw["noise"][:stale.size, :n], keys, first)
             else:
                 rw["noise"][stale, :n] = self.noise.fill(np.empty((stale.size, n, self.vocab_size)), keys, first)
@@ -193,6 +204,31 @@ class Batch:
         if self._greedy is not None:
             np.clip(offset, 0, self.ahead - 1, out=offset)
         return rw["noise"][np.arange(B)[rows], offset]
+
+    def _start_next(self, first: np.ndarray, keys: np.ndarray, n: int) -> None:
+        """Have the worker compute draws first .. first + n - 1 of every row into _next_noise."""
+        self._drop_next()
+        if n > 0:
+            first, keys = first.copy(), keys.copy()
+            out = self._next_noise[:len(first), :n]
+            self._next = Ahead(first, keys, n, _worker().submit(_worker_noise(self.vocab_size).fill, out, keys, first))
+
+    def _take_next(self, first: np.ndarray, keys: np.ndarray, n: int) -> bool:
+        """Make the worker's block the rows' noise if it holds these draws; False if it does not."""
+        ahead, self._next = self._next, None
+        if ahead is None:
+            return False
+        ahead.job.result()
+        if ahead.n != n or not (np.array_equal(ahead.first, first) and np.array_equal(ahead.keys, keys)):
+            return False
+        self.rowwise["noise"], self._next_noise = self._next_noise, self.rowwise["noise"]
+        return True
+
+    def _drop_next(self) -> None:
+        """Forget the worker's block (after it is written: its buffer is about to be reused or rearranged)."""
+        if self._next is not None:
+            self._next.job.result()
+            self._next = None
 
     def _count(self) -> None:
         """Add the steps at which every row drew to the rows' counts."""
@@ -245,6 +281,7 @@ class Batch:
     def arrange(self, live: list[Sequence], lazy: bool) -> None:
         """Make live (unfinished sequences started by this batch's Generator) the rows, in that order.
         lazy: log their tokens, to be accepted by the sequences when one finishes or the rows change."""
+        self._drop_next()
         self.flush()
         self._count()
         old, staying = self.rows, {id(s) for s in live}
@@ -308,6 +345,25 @@ class Batch:
         """Sequence s leaves row r unfinished: it takes its state along (its tokens are flushed)."""
         B = len(self.rows)
         s.state = [self._view(k, self._parity, B)[_at(tensor, r)].copy() for k, tensor in enumerate(self.session.state)]
+
+
+class Ahead:
+    """A block of noise the worker is computing: draws first .. first + n - 1 of rows with these keys."""
+
+    def __init__(self, first: np.ndarray, keys: np.ndarray, n: int, job: Future) -> None:
+        self.first, self.keys, self.n, self.job = first, keys, n, job
+
+
+@cache
+def _worker() -> ThreadPoolExecutor:
+    """The one thread that computes noise ahead, for every Batch of the process."""
+    return ThreadPoolExecutor(1, thread_name_prefix="rnnlm-noise")
+
+
+@cache
+def _worker_noise(vocab_size: int) -> Noise:
+    """The worker's own Noise (its work arrays are not shared with the step loop's)."""
+    return Noise(vocab_size)
 
 
 def _shaped(flat: np.ndarray, tensor, batch_size: int) -> np.ndarray:

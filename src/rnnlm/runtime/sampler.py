@@ -165,16 +165,16 @@ class Noise:
 
 
 def choose(logits: np.ndarray, temperature: np.ndarray | None, noise: np.ndarray, greedy: np.ndarray | None = None,
-           top_k: np.ndarray | None = None, top_p: np.ndarray | None = None) -> np.ndarray:
+           top_k: np.ndarray | None = None, top_p: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """The rule's token for each row: argmax of (logits - m) / temperature - noise over the kept tokens.
 
     logits: (B, V) float32, all finite; temperature: (B,) float64 > 0, or None when every row's is 1
     (dividing by 1 is exact: it is skipped); noise: (B, V) float64, log(-log u) of each row's draw;
     greedy: (B,) bool, or None when no row is greedy (those rows take the argmax of their logits,
-    and their temperature and noise are not read); top_k, top_p: (B,), or None when no row filters.
-    Returns ids (B,) int64."""
-    z = logits.astype(np.float64)  # (B, V)
-    z -= z.max(axis=1, keepdims=True)  # - m, the largest logit, which every filter keeps
+    and their temperature and noise are not read); top_k, top_p: (B,), or None when no row filters;
+    out: (B, V) float64 to work in, or None. Returns ids (B,) int64."""
+    # (B, V) logits - m in float64 (both cast before the subtraction); m, the largest logit, is kept by every filter
+    z = np.subtract(logits, logits.max(axis=1, keepdims=True), out=out, dtype=np.float64)
     if temperature is not None:
         if greedy is not None:
             temperature = np.where(greedy, 1.0, temperature)
