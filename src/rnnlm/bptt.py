@@ -68,5 +68,13 @@ def recurrence_manual(a_x: torch.Tensor, h0: torch.Tensor, W: torch.Tensor, nonl
     """
     if nonlinearity not in IN_PLACE:
         raise ValueError(f"nonlinearity must be one of {sorted(IN_PLACE)}, got {nonlinearity!r}")
-    dtype = a_x.dtype  # under autocast a_x may come in lower precision than W and h0, as autograd's addmm casts
-    return Recurrence.apply(a_x, h0.to(dtype), W.to(dtype), nonlinearity)
+    dtype = recurrence_dtype(a_x)
+    return Recurrence.apply(a_x.to(dtype), h0.to(dtype), W.to(dtype), nonlinearity)
+
+
+def recurrence_dtype(a_x: torch.Tensor) -> torch.dtype:
+    """The precision the recurrence runs in: autocast's (bf16 under --trainer.precision bf16-mixed) where autocast is
+    on, as autograd's addmm would compute W h(t-1) there, at every layer (at layer 0 a_x, a column lookup, comes in
+    float32, and only its cast puts the loop's (B, H) x (H, H) products on the bf16 path); else a_x's own."""
+    device = a_x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else a_x.dtype
