@@ -27,8 +27,10 @@ from rnnlm.errors import RnnlmError
 from rnnlm.tokenizers import UNKNOWN_POLICIES
 
 LIGHTNING_COMMANDS = ("fit", "validate")
-# Lightning's advice that does not apply to rnnlm's loaders and folders (tests/conftest.py applies them too)
+# Lightning's and torch's advice that does not apply to rnnlm's loaders, folders and the eager steps of a graphed run
+# (rnnlm.graphed: its warm-up, a batch of another shape) (tests/conftest.py applies them too)
 QUIET_WARNINGS = (
+    r".*capturable=True can impair performance.*",
     r".*does not have many workers.*",
     r".*`IterableDataset` has `__len__` defined.*",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",

@@ -4,7 +4,8 @@ The state is the model's tuple of (L, B, H) tensors: (h,) for rnn and gru, (h, c
 carried (detached) from batch to batch and reset at each epoch. Logs train/loss and val/loss (nats per
 token) and val/bpc (bits per character of the validation text, so char and subword models compare),
 prints a short sample at each validation, and keeps in every checkpoint what export and exact resume
-need: the tokenizer, the corpus and the carried state.
+need: the tokenizer, the corpus and the carried state. On one CUDA device the whole training step can be one
+replayed CUDA graph (--model.cuda_graph, rnnlm.graphed); training_step then takes the update itself.
 """
 
 import math
@@ -16,11 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
+from rnnlm import graphed
 from rnnlm.errors import RnnlmError
 from rnnlm.model import RNNLM, ModelConfig
 from rnnlm.tokenizers import start_token
 
 OPTIMIZERS = ("adamw", "adagrad")
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision: fp32, TF32, bf16 passes
 DEFAULTS = {f.name: f.default for f in fields(ModelConfig)}  # of a checkpoint saved before a field existed
 
 
@@ -42,11 +45,17 @@ class RNNLMModule(L.LightningModule):
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
         sample_chars: int = 200,
+        cuda_graph: str | bool = "auto",  # a YAML true or false comes as a bool
+        float32_matmul_precision: str = "highest",
     ) -> None:
         super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise RnnlmError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)} (--model.optimizer)")
+        cuda_graph = str(cuda_graph).lower()
+        for option, value, choices in [("optimizer", optimizer, OPTIMIZERS), ("cuda_graph", cuda_graph, graphed.MODES),
+                                       ("float32_matmul_precision", float32_matmul_precision, MATMUL_PRECISIONS)]:
+            if value not in choices:
+                raise RnnlmError(f"unknown {option} {value!r}: use one of {', '.join(choices)} (--model.{option})")
         self.save_hyperparameters()
+        self.hparams.cuda_graph = cuda_graph  # as a word, also when YAML gave a bool
         try:
             self.model = RNNLM(ModelConfig.from_hparams(self.hparams))
         except ValueError as e:  # its message starts with the field's name: the option to change
@@ -56,6 +65,15 @@ class RNNLMModule(L.LightningModule):
         self.val_nats = self.val_tokens = 0.0
         self.last_val_bpc = float("nan")
         self._clock: tuple[float, int] | None = None
+        self.graphed: graphed.GraphedStep | None = None  # the training step as one CUDA graph, when on
+
+    def on_fit_start(self) -> None:
+        torch.set_float32_matmul_precision(self.hparams.float32_matmul_precision)
+        trainer = self.trainer
+        self.graphed = None
+        if graphed.resolve(self.hparams.cuda_graph, trainer, self.hparams.optimizer):
+            self.graphed = graphed.GraphedStep(self.model, trainer.optimizers[0], trainer.gradient_clip_val,
+                                               trainer.gradient_clip_algorithm)
 
     def forward(self, input_ids: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None,
                 targets: torch.Tensor | None = None):
@@ -72,7 +90,10 @@ class RNNLMModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch  # (B, T) each
-        _, state, loss = self.model(x, self.state, y)
+        if self.graphed is None:
+            _, state, loss = self.model(x, self.state, y)
+        else:  # forward, backward, clipping and AdamW's update: backward and optimizer_step below do nothing more
+            loss, state = self.graphed(x, y, self.state)
         if not torch.isfinite(loss):
             raise RnnlmError(
                 f"the training loss became {loss.item()} at step {self.global_step}; training stopped and the last "
@@ -83,6 +104,16 @@ class RNNLMModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log_throughput(x.numel())
         return loss
+
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        if self.graphed is None:
+            super().backward(loss, *args, **kwargs)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        if self.graphed is None:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        else:  # training_step takes the step; Lightning still counts it and steps the schedule
+            optimizer_closure()
 
     def log_throughput(self, tokens: int) -> None:
         now = time.perf_counter()
@@ -169,6 +200,8 @@ class RNNLMModule(L.LightningModule):
             # the carried state of every rank, in state_names order: (world, L, B, H) each
             "state": [self.all_gather(s).cpu() for s in self.state] if self.state is not None else None,
         }
+        if self.graphed is not None:
+            graphed.as_eager(checkpoint.get("optimizer_states", []))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved, now = checkpoint.get("hyper_parameters", {}), self.model.config.shape()
