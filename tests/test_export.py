@@ -107,6 +107,16 @@ def test_eval_bits_per_character_is_torch_cross_entropy(char_export, small_corpu
     assert math.isclose(score.bpc, nats / math.log(2) / 3000, rel_tol=1e-5)
 
 
+def test_eval_val_scores_the_split_that_training_holds_out(char_export, small_corpus, tmp_path):
+    text = small_corpus.read_text()[:5000]
+    (tmp_path / "corpus.txt").write_text(text)
+    scored = run_rnnlm("eval", str(char_export.folder), "--text", str(tmp_path / "corpus.txt"), "--val")
+    assert scored.returncode == 0, scored.stderr
+    held_out = bits_per_character(Generator.load(char_export.folder), text[4500:])  # 90 % of 5,000 characters
+    assert f"the validation split of {tmp_path / 'corpus.txt'}: {held_out.bpc:.4f} bits per character, " \
+           f"{held_out.nats / held_out.tokens:.4f} nats per token (500 tokens, 500 characters)" in scored.stdout
+
+
 # ----------------------------------------------------------------------------- the folder
 
 

@@ -14,13 +14,16 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm import tqdm
 
 from rnnlm.atomic import atomic_folder, write_atomic
 from rnnlm.errors import RnnlmError
 from rnnlm.tokenizers import CharTokenizer, Tokenizer, train_tokenizer
+
+if TYPE_CHECKING:
+    from tqdm import tqdm  # imported by prepare: the runtime reads TRAIN_FRACTION without the train extra
 
 CORPORA = {
     "shakespeare": {
@@ -131,7 +134,7 @@ def iter_split(path: Path, start: int, stop: int) -> Iterator[str]:
         pos += len(text)
 
 
-def encode_to_file(tokenizer: Tokenizer, chunks: Iterator[str], out: Path, dtype: type, bar: tqdm) -> int:
+def encode_to_file(tokenizer: Tokenizer, chunks: Iterator[str], out: Path, dtype: type, bar: "tqdm") -> int:
     n = 0
     with open(out, "wb") as f:
         for chunk in chunks:
@@ -147,6 +150,7 @@ def prepare(corpus: str = "shakespeare", tokenizer: str = "char", vocab_size: in
     """Tokenize the corpus once into data_dir/<corpus>-<sha>/<tokenizer>/ and return that folder:
     train.bin and val.bin (token ids), the tokenizer file, and meta.json. Reused when present.
     vocab_size applies to subword tokenizers only. These defaults are `rnnlm prepare`'s and --data's."""
+    from tqdm import tqdm
     data_dir = Path(data_dir)
     path = resolve_corpus(corpus, data_dir)
     info = scan(path)

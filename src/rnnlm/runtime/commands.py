@@ -4,6 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rnnlm.corpus import TRAIN_FRACTION
 from rnnlm.errors import RnnlmError
 from rnnlm.runtime.evaluate import bits_per_character
 from rnnlm.runtime.generator import Generator
@@ -33,8 +34,11 @@ def eval_command(args: argparse.Namespace) -> None:
         raise RnnlmError(f"text file {path} does not exist; give the path of a UTF-8 text file") from None
     except UnicodeDecodeError as e:
         raise RnnlmError(f"{path} is not UTF-8 text ({e}); give a UTF-8 text file") from None
+    what = str(path)
+    if args.val:
+        text, what = text[int(TRAIN_FRACTION * len(text)):], f"the validation split of {path}"
     generator = Generator.load(args.model, threads=args.threads)
     score = bits_per_character(generator, text, unknown=args.unknown)
     quantization = generator.manifest.data["model"].get("quantization", "none")
-    print(f"{args.model} ({quantization}) on {path}: {score.bpc:.4f} bits per character "
-          f"({score.tokens} tokens, {score.chars} characters)")
+    print(f"{args.model} ({quantization}) on {what}: {score.bpc:.4f} bits per character, "
+          f"{score.nats / score.tokens:.4f} nats per token ({score.tokens} tokens, {score.chars} characters)")

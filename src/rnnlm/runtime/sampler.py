@@ -165,7 +165,8 @@ class Noise:
 
 
 def choose(logits: np.ndarray, temperature: np.ndarray | None, noise: np.ndarray, greedy: np.ndarray | None = None,
-           top_k: np.ndarray | None = None, top_p: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+           top_k: np.ndarray | None = None, top_p: np.ndarray | None = None,
+           out: np.ndarray | None = None) -> np.ndarray:
     """The rule's token for each row: argmax of (logits - m) / temperature - noise over the kept tokens.
 
     logits: (B, V) float32, all finite; temperature: (B,) float64 > 0, or None when every row's is 1
