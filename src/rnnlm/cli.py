@@ -22,7 +22,6 @@ import time
 import warnings
 from pathlib import Path
 
-from rnnlm.corpus import TRAIN_FRACTION
 from rnnlm.curves import VAL_METRICS
 from rnnlm.errors import RnnlmError
 from rnnlm.tokenizers import UNKNOWN_POLICIES
@@ -164,9 +163,8 @@ def command_parser() -> argparse.ArgumentParser:
                             usage="%(prog)s DIR --text FILE [options]  (--help lists them)")
     runtime_arguments(p)
     p.add_argument("--text", required=True, help="a UTF-8 text file to score")
-    held_out = f"{100 * (1 - TRAIN_FRACTION):.0f}%%"
-    p.add_argument("--val", action="store_true", help=f"score only its last {held_out} of characters: the validation "
-                   "split that rnnlm fit holds out when the file is its corpus")
+    p.add_argument("--val", action="store_true", help="score only the characters that rnnlm fit holds out for "
+                   "validation when the file is its corpus (the last part of it)")
     p.set_defaults(run=deferred("rnnlm.runtime.commands", "eval_command"))
     p = commands.add_parser("serve", help="serve an exported folder over HTTP: OpenAI completions, continuous batching",
                             usage="%(prog)s DIR [options]  (--help lists them)")
