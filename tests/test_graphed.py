@@ -157,17 +157,18 @@ def test_a_non_finite_loss_stops_the_graphed_module_naming_the_step(forced, smal
     assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 10
 
 
-def test_under_autocast_every_layer_recurs_in_its_precision():
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_under_autocast_every_layer_recurs_in_its_precision(cell):
     """Layer 0's input drive is a float32 column lookup; the recurrence still runs in bf16, as autograd's would."""
     torch.manual_seed(0)
-    model = RNNLM(ModelConfig(11, 16, 1))
+    model = RNNLM(ModelConfig(11, 16, 1, cell=cell))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, (h,), loss = model(torch.randint(11, (2, 5)), None, torch.randint(11, (2, 5)))
-    assert h.dtype == torch.bfloat16 and loss.dtype == torch.float32
+        _, state, loss = model(torch.randint(11, (2, 5)), None, torch.randint(11, (2, 5)))
+    assert all(s.dtype == torch.bfloat16 for s in state) and loss.dtype == torch.float32
     loss.backward()
-    assert model.W[0].grad.dtype == torch.float32
-    _, (h,), _ = model(torch.randint(11, (2, 5)))
-    assert h.dtype == torch.float32
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+    _, state, _ = model(torch.randint(11, (2, 5)))
+    assert all(s.dtype == torch.float32 for s in state)
 
 
 # ----------------------------------------------------------------------------- on CUDA

@@ -69,6 +69,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from rnnlm.bptt import recurrence_dtype
+
 ONE = torch.tensor(1.0)  # the 1 of 1 - x², broadcast by addcmul: one pass, no temporary
 
 # ----------------------------------------------------------------------------- one step: the equations
@@ -251,8 +253,8 @@ def gru_manual(a_x: torch.Tensor, h0: torch.Tensor, W: torch.Tensor, b_hn: torch
     a_x is consumed: it is the layer's own input projection, needed by nothing else, so its buffer holds the
     gates for the backward (an in-place use autograd is told of) instead of a new (T, B, 3H) one: large fresh
     buffers are a good part of a CPU step's time (the first touch of a page costs several passes over it)."""
-    dtype = a_x.dtype  # under autocast a_x may come in lower precision than the parameters and h0
-    return GRURecurrence.apply(a_x, h0.to(dtype), W.to(dtype), b_hn.to(dtype))[0]
+    dtype = recurrence_dtype(a_x)  # autocast's where it is on (bptt.py), at every layer
+    return GRURecurrence.apply(a_x.to(dtype), h0.to(dtype), W.to(dtype), b_hn.to(dtype))[0]
 
 
 def lstm_manual(
@@ -260,8 +262,8 @@ def lstm_manual(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """lstm_update for t = 1..T with the hand-written backward. a_x: (T, B, 4H) -> h: (T, B, H), c(T): (B, H).
     a_x is consumed, as in gru_manual."""
-    dtype = a_x.dtype
-    hs, c, _ = LSTMRecurrence.apply(a_x, h0.to(dtype), c0.to(dtype), W.to(dtype))
+    dtype = recurrence_dtype(a_x)
+    hs, c, _ = LSTMRecurrence.apply(a_x.to(dtype), h0.to(dtype), c0.to(dtype), W.to(dtype))
     return hs, c
 
 
