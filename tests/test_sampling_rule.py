@@ -155,6 +155,23 @@ def test_rows_drawing_in_step_across_blocks_of_noise_draw_what_the_rule_draws(ch
         assert s.token_ids == reference_text(char_export, "the ", s.params)
 
 
+def test_rows_joining_a_running_batch_draw_what_the_rule_draws(char_export, gen):
+    # As on a server: a sequence joins every 37 steps, mid-block, and takes its draws up to the others'
+    # block end, so that all of them then refill together; one leaves early.
+    prompts, sequences = ["", "to be", "a", "", "to be", "a"], []
+    for step in range(37 * 6 + 400):
+        if step % 37 == 0 and len(sequences) < len(prompts):
+            k = len(sequences)
+            sequences.append(gen.start(prompts[k], gen.params(temperature=0.9, seed=70 + k,
+                                                              max_new_tokens=150 if k == 2 else 400)))
+        running = [s for s in sequences if not s.finished]
+        if running:
+            gen.step(running)
+    assert all(s.finished for s in sequences)
+    for prompt, s in zip(prompts, sequences, strict=True):
+        assert s.token_ids == reference_text(char_export, prompt, s.params)
+
+
 def test_generate_batch_draws_what_the_rule_draws(char_export, gen):
     prompts = [p for p, *_ in MIXED]
     texts = gen.generate_batch(prompts, max_new_tokens=300, temperature=0.8, top_k=12, top_p=0.95, seed=2**64 - 2)

@@ -162,28 +162,34 @@ class Batch:
         self._prefilling = still
 
     def _refill(self, at: np.ndarray | None) -> None:
-        """Compute the next `ahead` draws' noise of the rows `at` (None: all) whose block is used up, in
-        one call, and note for how many steps every one of them has noise."""
+        """Compute the noise of the rows `at` (None: all) whose block is used up, in one call, and note for
+        how many steps every one of them has noise. When the other rows drawing share a block offset (the
+        `phase`), the new blocks take the same one, so that all rows run out together: a row joining a
+        running batch gets the draws up to the others' block end, then all refill at once (and the worker
+        can compute that next block ahead)."""
         self._count()
         rw, K, B = self.rowwise, self.ahead, len(self.rows)
         rows = slice(0, B) if at is None else at
         count, limit = rw["count"][rows], rw["limit"][rows]
         left = np.minimum(rw["first"][rows] + K, limit) - count  # draws left in each row's block
-        if self._greedy is not None:
-            left[self._greedy[rows]] = K  # never drawn
+        drawing = np.ones(len(left), bool) if self._greedy is None else ~self._greedy[rows]
+        left[~drawing] = K  # greedy rows: never drawn
         stale = np.arange(B)[rows][left <= 0]
         if stale.size:
             first, keys = rw["count"][stale], rw["key"][stale]
-            n = min(K, int((rw["limit"][stale] - first).max()))  # no draws past a row's length
+            offsets = (count - rw["first"][rows])[drawing & (left > 0)]  # the others' offsets in their blocks
+            phase = int(offsets[0]) if offsets.size and (offsets == offsets[0]).all() else 0
+            n = min(K - phase, int((rw["limit"][stale] - first).max()))  # no draws past a row's length
             if stale.size == B:  # every row: the block the worker computed, if it is this one
                 if not self._take_next(first, keys, n):
                     self.noise.fill(rw["noise"][:B, :n], keys, first)
                 self._start_next(first + n, keys, min(K, int((rw["limit"][:B] - first - n).max())))
             elif stale[-1] == stale.size - 1:  # rows 0 .. n-1: fill in place
-                self.noise.fill(rw["noise"][:stale.size, :n], keys, first)
+                self.noise.fill(rw["noise"][:stale.size, phase:phase + n], keys, first)
             else:
-                rw["noise"][stale, :n] = self.noise.fill(np.empty((stale.size, n, self.vocab_size)), keys, first)
-            rw["first"][stale] = first
+                rw["noise"][stale, phase:phase + n] = self.noise.fill(np.empty((stale.size, n, self.vocab_size)),
+                                                                      keys, first)
+            rw["first"][stale] = first - phase  # column c of a row's block holds its draw first + c
             left[left <= 0] = np.minimum(first + n, rw["limit"][stale]) - first
         self._noise_steps = int(left.min())
         offsets = count - rw["first"][rows]
