@@ -132,16 +132,7 @@ class Generator:
 
     def _run(self, sequences: list[Sequence]) -> None:
         """Step sequences until all finish: lazily (tokens decoded at the end) where none has stop strings."""
-        live = [s for s in sequences if not s.finished]
-        lazy = not any(s.params.stop for s in live)
-        while live:
-            if lazy:
-                ended = self._step_rows(live, lazy=True)[2]
-            else:
-                self.step(live)
-                ended = True
-            if ended:
-                live = [s for s in live if not s.finished]
+        self.advance(sequences, lambda ended: True)
         if failed := next((s for s in sequences if s.error), None):
             raise RnnlmError(failed.error)
 
