@@ -273,14 +273,17 @@ class Batch:
         """Hand the logged tokens of lazy steps to their sequences (Sequence.accept_all)."""
         if not self._log:
             return
-        B = len(self.rows)
-        drawn = np.full((len(self._log), B), -1, np.int64)  # (steps, B): -1 where a row drew nothing
-        for t, (at, tokens) in enumerate(self._log):
-            drawn[t, slice(None) if at is None else at] = tokens
-        self._log = []
-        for s, tokens in zip(self.rows, drawn.T, strict=True):
+        log, self._log = self._log, []
+        every = all(at is None for at, _ in log)  # every row drew at every step: nothing to skip
+        if every:
+            drawn = np.stack([tokens for _, tokens in log], axis=1)  # (B, steps)
+        else:
+            drawn = np.full((len(self.rows), len(log)), -1, np.int64)  # (B, steps): -1 where a row drew nothing
+            for t, (at, tokens) in enumerate(log):
+                drawn[slice(None) if at is None else at, t] = tokens
+        for s, tokens in zip(self.rows, drawn.tolist(), strict=True):  # one conversion for all rows
             if not s.finished:
-                s.accept_all(tokens[tokens >= 0].tolist())
+                s.accept_all(tokens if every else [token for token in tokens if token >= 0])
 
     # ------------------------------------------------------------------------- rows
 
