@@ -3,7 +3,7 @@ batch 1 and 32 against the Python Generator on the same export, and the page of 
 headless Chromium (onnxruntime-web, WASM), measured by the page itself (`window.rnnlm.measure`:
 after a warm-up, the median of three runs).
 
-The model has the default size (one 512-unit tanh layer, V=65, random weights: speed does not
+The model has one 512-unit tanh layer (V=65, random weights: speed does not
 depend on what they say). Every contender samples at temperature 1 with a fixed seed from the start
 token, with one onnxruntime thread in Python and Node (the browser uses the WASM threads that
 cross-origin isolation allows). Python and Node take turns round after round; a number is the median

@@ -1,6 +1,6 @@
 """Serving throughput: `rnnlm serve` under 1, 8, 32 and 64 concurrent streaming clients on loopback.
 
-The model has the default size (one 512-unit tanh layer over a 65-symbol char vocabulary) with random
+The model has one 512-unit tanh layer over a 65-symbol char vocabulary, with random
 weights, since speed does not depend on what the weights say. The server is a real `rnnlm serve`
 process; the clients are asyncio tasks in this process, each streaming one completion after another
 on its own keep-alive connection for about `seconds` seconds (`tokens` new tokens on average, at
