@@ -9,7 +9,9 @@ over the wall time of the level; time to first token runs from sending a request
 its first text. The server and the clients share the machine's cores, as on one loopback host.
 Beside each level, the bare step (benchmarks/generate.py: `InferenceSession.run` in a loop, one
 thread, as the server's session) runs at a batch size of the client count, right after the level:
-the last column is how much of the step function's speed the server delivers.
+the served ÷ bare column is how much of the step function's speed the server delivers. The mean batch
+(from the server's /metrics: sequences summed over steps ÷ steps) says how full its batch was: each
+client sends its next request only after the whole response, so slots stand empty in between.
 
     python benchmarks/serve.py [--tokens 200] [--seconds 3] [--rounds 3] [--threads N]
 """
@@ -76,6 +78,13 @@ async def level(port: int, clients: int, tokens: int, seconds: float) -> tuple[f
     return sum(n for n, _ in results) / elapsed, [t for _, times in results for t in times]
 
 
+def step_totals(port: int) -> tuple[float, float]:
+    """The server's batch sizes summed over its steps, and its steps, from /metrics."""
+    text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=10).text
+    found = dict(re.findall(r"^(rnnlm_step_sequences_total|rnnlm_step_seconds_count) (\S+)$", text, re.M))
+    return float(found["rnnlm_step_sequences_total"]), float(found["rnnlm_step_seconds_count"])
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -105,7 +114,7 @@ def main(tokens: int = 200, seconds: float = 3.0, rounds: int = 3, threads: int 
     alike; tokens/s is the median over rounds, the times to first token are pooled."""
     torch.manual_seed(0)
     tokenizer = CharTokenizer("\n" + "".join(chr(32 + i) for i in range(VOCAB - 1)))
-    rates, ttfts, bare = {c: [] for c in CLIENTS}, {c: [] for c in CLIENTS}, {c: [] for c in CLIENTS}
+    rates, ttfts, bare, batches = ({c: [] for c in CLIENTS} for _ in range(4))
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_export(RNNLM(ModelConfig(VOCAB, HIDDEN)).eval(), tokenizer, Path(tmp) / "model")
         session = one_thread_session(folder / "model.onnx")
@@ -114,7 +123,10 @@ def main(tokens: int = 200, seconds: float = 3.0, rounds: int = 3, threads: int 
             asyncio.run(level(port, 1, tokens, 0.5))  # warm-up
             for _ in range(rounds):
                 for clients in CLIENTS:
+                    before = step_totals(port)
                     rate, ttft = asyncio.run(level(port, clients, tokens, seconds))
+                    after = step_totals(port)
+                    batches[clients].append((after[0] - before[0]) / max(after[1] - before[1], 1))
                     rates[clients].append(rate)
                     ttfts[clients] += ttft
                     start = time.perf_counter()
@@ -124,11 +136,12 @@ def main(tokens: int = 200, seconds: float = 3.0, rounds: int = 3, threads: int 
             server.terminate()
             server.wait(timeout=30)
     one = statistics.median(rates[1])
-    rows = ["| clients | tokens/s | x one client | bare step at this batch, tok/s | served ÷ bare | TTFT p50 ms "
-            "| TTFT p99 ms | requests |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| clients | tokens/s | x one client | bare step at this batch, tok/s | served ÷ bare | mean batch "
+            "| TTFT p50 ms | TTFT p99 ms | requests |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for clients in CLIENTS:
         rate, ttft, step = statistics.median(rates[clients]), ttfts[clients], statistics.median(bare[clients])
         rows.append(f"| {clients} | {rate:,.0f} | {rate / one:.1f}x | {step:,.0f} | {rate / step:.2f} | "
+                    f"{statistics.median(batches[clients]):.1f} | "
                     f"{1000 * statistics.median(ttft):.1f} | {1000 * percentile(ttft, 0.99):.1f} | {len(ttft)} |")
     header = (f"### Serving: `rnnlm serve`, H={HIDDEN}, V={VOCAB}, streaming clients on loopback, {tokens} tokens per "
               f"request on average, temperature 1 (median of {rounds} rounds of {seconds:g} s per client count; "
