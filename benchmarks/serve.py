@@ -11,7 +11,8 @@ Beside each level, the bare step (benchmarks/generate.py: `InferenceSession.run`
 thread, as the server's session) runs at a batch size of the client count, right after the level:
 the served ÷ bare column is how much of the step function's speed the server delivers. The mean batch
 (from the server's /metrics: sequences summed over steps ÷ steps) says how full its batch was: each
-client sends its next request only after the whole response, so slots stand empty in between.
+client sends its next request only after the whole response, so a slot can stand empty in between,
+and a low served ÷ bare is the engine's cost only where the batch is near the client count.
 
     python benchmarks/serve.py [--tokens 200] [--seconds 3] [--rounds 3] [--threads N]
 """
