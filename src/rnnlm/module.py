@@ -105,6 +105,10 @@ class RNNLMModule(L.LightningModule):
         self.log_throughput(x.numel())
         return loss
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if 0 < self.trainer.max_steps <= self.global_step:  # the last step: Lightning validates (and checkpoints)
+            self.trainer.should_stop = True  # a stopping run, so a max_steps off the val_check_interval is scored too
+
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
         if self.graphed is None:
             super().backward(loss, *args, **kwargs)
