@@ -26,9 +26,11 @@ def test_fit_then_resume_from_last(small_corpus, tmp_path):
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 20
     assert last["rnnlm"]["tokenizer"]["type"] == "char" and last["rnnlm"]["val_bpc"] > 0
-    for version, step in [(0, "9"), (1, "19")]:  # each run logs its own metrics.csv
+    for version, step in [(0, "9"), (1, "19")]:  # each run logs its own metrics.csv: its last step's train and val
         header, *rows = (run / "logs" / f"version_{version}" / "metrics.csv").read_text().splitlines()
-        assert [dict(zip(header.split(","), r.split(","), strict=True))["step"] for r in rows] == [step]
+        rows = [dict(zip(header.split(","), r.split(","), strict=True)) for r in rows]
+        assert [(r["step"], bool(r["train/loss"]), bool(r["val/loss"])) for r in rows] == [
+            (step, True, False), (step, False, True)]
 
 
 @pytest.mark.slow
@@ -78,6 +80,7 @@ def test_ddp_two_processes_own_different_streams_and_agree_on_weights(small_corp
     assert [len(r["first_tokens"]) for r in ranks] == [6, 6]  # 6 steps of 4 streams each
     assert all(a != b for a, b in zip(ranks[0]["first_tokens"], ranks[1]["first_tokens"], strict=True))
     assert ranks[0]["weights"] == ranks[1]["weights"]  # gradients were averaged: one model on both ranks
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").exists()  # step 6 was validated, off the interval of 10
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
