@@ -36,6 +36,8 @@ QUIET_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
     r".*Checkpoint directory .* exists and is not empty.*",
     r".*Experiment logs directory .* exists and is not empty.*",
+    r".*use `self.log\('val/.*sync_dist=True.*",  # under DDP: the module sums val/loss over the ranks itself
+    r".*torch.distributed.nn.functional.all_gather is deprecated.*",  # inside Lightning's all_gather
 )
 
 
