@@ -80,6 +80,7 @@ def test_ddp_two_processes_own_different_streams_and_agree_on_weights(small_corp
     assert [len(r["first_tokens"]) for r in ranks] == [6, 6]  # 6 steps of 4 streams each
     assert all(a != b for a, b in zip(ranks[0]["first_tokens"], ranks[1]["first_tokens"], strict=True))
     assert ranks[0]["weights"] == ranks[1]["weights"]  # gradients were averaged: one model on both ranks
+    assert ranks[0]["draws"] != ranks[1]["draws"]  # but each rank draws its own dropout masks
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").exists()  # step 6 was validated, off the interval of 10
 
 

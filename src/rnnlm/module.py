@@ -75,6 +75,10 @@ class RNNLMModule(L.LightningModule):
             self.graphed = graphed.GraphedStep(self.model, trainer.optimizers[0], trainer.gradient_clip_val,
                                                trainer.gradient_clip_algorithm)
 
+    def on_train_start(self) -> None:
+        if self.trainer.world_size > 1:  # seed_everything gave every rank one seed: each rank its own dropout masks
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
+
     def forward(self, input_ids: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None,
                 targets: torch.Tensor | None = None):
         return self.model(input_ids, state, targets)
