@@ -21,7 +21,7 @@ nvidia-smi -L
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())"
 
 echo "== CUDA tests"
-timeout 240 python3 -m pytest -q -rs -p no:cacheprovider -m cuda tests/test_graphed.py tests/test_bptt.py 2>&1 | tee "$OUT/tests.log"
+timeout 240 python3 -m pytest -q -rs -p no:cacheprovider -m cuda tests/test_graphed.py tests/test_bptt.py tests/test_gated.py 2>&1 | tee "$OUT/tests.log"
 
 echo "== bench: benchmarks/gpu.py"
 timeout 300 python3 benchmarks/run.py gpu 2>&1 | tee "$OUT/bench.log"

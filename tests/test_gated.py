@@ -64,6 +64,21 @@ def test_manual_gradients_equal_autograd(cell, num_layers, carried):
         assert relative_error(got[name], want[name]) <= 1e-6, name
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("cell", CELLS)
+def test_manual_gradients_equal_autograd_on_cuda(cell):
+    torch.manual_seed(0)
+    manual = RNNLM(ModelConfig(V, H, 2, cell=cell, bptt="manual")).cuda()
+    reference = RNNLM(ModelConfig(V, H, 2, cell=cell, bptt="autograd")).cuda()
+    reference.load_state_dict(manual.state_dict())
+    input_ids, targets = torch.randint(V, (B, T), device="cuda"), torch.randint(V, (B, T), device="cuda")
+    state = tuple(s.cuda() for s in random_state(manual))
+    got, want = gradients(manual, input_ids, targets, state), gradients(reference, input_ids, targets, state)
+    for name in want:
+        assert relative_error(got[name], want[name]) <= 1e-4, name
+
+
 def torch_twin(model: RNNLM, cell: str) -> tuple[nn.Module, nn.Linear, list[tuple[torch.Tensor, torch.Tensor]]]:
     """nn.GRU or nn.LSTM + Linear holding the model's weights, gate by gate in torch's order, and the pairs of
     (our parameter, torch's slice of the same weight) whose gradients must agree."""

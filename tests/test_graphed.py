@@ -206,7 +206,8 @@ def test_a_nan_in_a_replayed_step_is_caught(small_corpus, tmp_path):
 
 @pytest.mark.cuda
 @cuda
-@pytest.mark.parametrize("cell, dtype, rel", [("rnn", None, 1e-5), ("lstm", None, 1e-5), ("rnn", torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("cell, dtype, rel", [
+    ("rnn", None, 1e-5), ("gru", None, 1e-5), ("lstm", None, 1e-5), ("rnn", torch.bfloat16, 1e-2)])
 def test_a_batch_of_another_shape_runs_eagerly_and_the_graph_goes_on(cell, dtype, rel):
     """Batches of (4, 16), one of (4, 8), then (4, 16) again: replays around an eager step, against eager steps."""
     torch.manual_seed(0)

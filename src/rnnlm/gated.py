@@ -71,8 +71,6 @@ from torch.autograd.function import once_differentiable
 
 from rnnlm.bptt import recurrence_dtype
 
-ONE = torch.tensor(1.0)  # the 1 of 1 - x², broadcast by addcmul: one pass, no temporary
-
 # ----------------------------------------------------------------------------- one step: the equations
 
 
@@ -159,7 +157,7 @@ class GRURecurrence(torch.autograd.Function):
         # (each x(1 - y) is x - x ⊙ y: two passes over memory and no temporary)
         coef = gates.new_empty(T, B, 4 * H)
         A_n, A_r, A_z, A_m = coef.split(H, dim=-1)
-        torch.addcmul(ONE, n, n, value=-1, out=A_n).addcmul_(A_n, z, value=-1)  # (1 - n²)(1 - z)
+        torch.addcmul(n.new_ones(()), n, n, value=-1, out=A_n).addcmul_(A_n, z, value=-1)  # (1 - n²)(1 - z)
         torch.mul(A_n, r, out=A_m)
         torch.mul(A_m, m_n, out=A_r).addcmul_(A_r, r, value=-1)  # A_n r m_n (1 - r)
         torch.sub(h[:-1], n, out=A_z).mul_(z).addcmul_(A_z, z, value=-1)  # (h(t-1) - n) z (1 - z)
@@ -224,7 +222,7 @@ class LSTMRecurrence(torch.autograd.Function):
         A_i, A_f, A_g, A_o = da.split(H, dim=-1)
         torch.addcmul(i, i, i, value=-1, out=A_i).mul_(g)  # i (1 - i) g
         torch.addcmul(f, f, f, value=-1, out=A_f).mul_(c[:-1])  # f (1 - f) c(t-1)
-        torch.addcmul(ONE, g, g, value=-1, out=A_g).mul_(i)  # (1 - g²) i
+        torch.addcmul(g.new_ones(()), g, g, value=-1, out=A_g).mul_(i)  # (1 - g²) i
         h_t = h[1:]  # h(t) = o ⊙ tanh c(t), which shortens the last two:
         torch.addcmul(h_t, h_t, o, value=-1, out=A_o)  # o (1 - o) tanh c = h (1 - o)
         K_c = torch.addcmul(o, h_t, tanh_c, value=-1)  # o (1 - tanh²c) = o - h tanh c, of δ in γ: (T, B, H)
