@@ -31,6 +31,15 @@ def test_a_resumed_run_is_joined_by_step(tmp_path):
     assert curves.tokens_per_step == 4 * 16 * 2  # batch x seq_len x devices
 
 
+def test_a_config_with_comments_still_gives_tokens_per_step(tmp_path):
+    """A run folder whose config.yaml was written by hand, from a commented config like configs/*.yaml."""
+    write_version(tmp_path, 0, [(0, 3.0, 3.1)])
+    (tmp_path / "logs" / "version_0" / "config.yaml").write_text(
+        "data:  # the corpus\n  batch_size: 128      # int >= 1: B\n  seq_len: 64 # T\n"
+        "trainer:   # Lightning's\n  devices: 2  # GPUs\n")
+    assert read_curves(tmp_path).tokens_per_step == 128 * 64 * 2
+
+
 def test_plot_refuses_a_folder_that_is_not_a_run(tmp_path):
     result = run_rnnlm("plot", str(tmp_path), "--out", str(tmp_path / "c.png"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1

@@ -73,9 +73,9 @@ def _tokens_per_step(run: Path) -> int | None:
     text = configs[-1].read_text(encoding="utf-8")
 
     def value(section: str, key: str) -> str | None:
-        block = re.search(rf"^{section}:\n((?:[ \t].*\n?)*)", text, re.M)
+        block = re.search(rf"^{section}:[ \t]*(?:#.*)?\n((?:[ \t].*\n?)*)", text, re.M)
         found = block and re.search(rf"^\s+{key}:\s*(\S.*)$", block[1], re.M)
-        return found[1].strip() if found else None
+        return re.sub(r"\s#.*", "", found[1]).strip() if found else None  # without a trailing # comment
 
     batch, seq_len = value("data", "batch_size"), value("data", "seq_len")
     if not (batch and seq_len and batch.isdigit() and seq_len.isdigit()):
