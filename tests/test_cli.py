@@ -56,6 +56,7 @@ def test_resume_with_another_model_is_one_clear_line(small_corpus, tmp_path):
         (["--model.nonlinearity", "sigmoid"], "error: --model.nonlinearity must be one of ['relu', 'tanh'], got 'sig"),
         (["--model.dropout", "1.5"], "error: --model.dropout must lie in [0, 1), got 1.5"),
         (["--model.init", "normal"], "error: --model.init must be one of ['fan_in', 'unit']"),
+        (["--model.input_scale", "0"], "error: --model.input_scale must be a number > 0 (it multiplies the first"),
     ],
 )
 def test_bad_input_is_one_line(args, message, small_corpus, tmp_path):

@@ -1,5 +1,7 @@
 """RNNLM against torch's own nn.RNN (weights copied across), and forward against step."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -92,6 +94,26 @@ def test_unit_init_draws_the_first_layers_input_matrices_in_plus_minus_one(cell)
     assert len(rest) >= 3
     for weight in rest:  # the seed's ±1/√fan-in, unchanged
         assert weight.abs().max() <= 1 / weight.shape[1] ** 0.5
+
+
+@pytest.mark.parametrize("init", ["fan_in", "unit"])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_input_scale_multiplies_the_first_layers_input_matrices_alone(cell, init):
+    models = []
+    for scale in (1.0, 3.0):
+        torch.manual_seed(0)
+        models.append(RNNLM(ModelConfig(65, 64, num_layers=2, cell=cell, init=init, input_scale=scale)))
+    plain, scaled = (dict(m.named_parameters()) for m in models)
+    first = {"U.0"} if cell == "rnn" else {f"layers.0.U_{k}" for k in models[0].layers[0].GATES}
+    assert first <= plain.keys()
+    for name, weight in plain.items():  # the same draws: only the first layer's input matrices are 3x
+        torch.testing.assert_close(scaled[name], 3 * weight if name in first else weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scale", [0, -1.0, float("nan"), float("inf"), True])
+def test_config_refuses_an_input_scale_that_is_not_a_positive_number(scale):
+    with pytest.raises(ValueError, match=rf"input_scale must be a number > 0 .*got {re.escape(repr(scale))}"):
+        ModelConfig(V, input_scale=scale)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])

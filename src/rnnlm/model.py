@@ -84,6 +84,7 @@ class ModelConfig:
     dropout: float = 0.0  # between layers and before the output, in training only (LockedDropout)
     input_dropout: float = 0.0  # on the first layer's input drive U x (the token's column of U), likewise
     init: str = "fan_in"  # the first layer's input matrices: "fan_in" (the seed's ±1/√V) or "unit" (±1); INITS
+    input_scale: float = 1.0  # ... then multiplied by this: init="unit", input_scale=3 draws them in [-3, 3]
     bptt: str = "manual"  # hand-written BPTT (rnnlm.bptt) or "autograd", the reference
 
     SHAPE: ClassVar[tuple[str, ...]] = ("vocab_size", "hidden_size", "num_layers", "nonlinearity", "cell")
@@ -103,6 +104,10 @@ class ModelConfig:
         for name in ("dropout", "input_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)!r}")
+        if isinstance(self.input_scale, bool) or not isinstance(self.input_scale, int | float) \
+                or not 0 < self.input_scale < math.inf:
+            raise ValueError(f"input_scale must be a number > 0 (it multiplies the first layer's input matrices "
+                             f"at initialisation), got {self.input_scale!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {list(INITS)} (how the first layer's input matrices start), "
                              f"got {self.init!r}")
@@ -165,17 +170,20 @@ class RNNLM(nn.Module):
     def reset_parameters(self) -> None:
         """The seed's initialisation: U, W, V uniform in [-1/sqrt(n), 1/sqrt(n)], n the fan-in; b, c zero.
         A gated layer does the same for its gates (and sets the LSTM's b_f to 1) in its own constructor.
-        With init="unit", the first layer's input matrices (U, or every U_k of a gated cell) are uniform in [-1, 1]."""
+        With init="unit", the first layer's input matrices (U, or every U_k of a gated cell) are uniform in [-1, 1]
+        instead; either way they are then multiplied by input_scale."""
         rnn = self.config.cell == "rnn"
         for weight in [*self.U, *self.W, self.V] if rnn else [self.V]:
             bound = 1.0 / math.sqrt(weight.shape[1])
             nn.init.uniform_(weight, -bound, bound)
         for bias in [*self.b, self.c] if rnn else [self.c]:
             nn.init.zeros_(bias)
-        if self.config.init == "unit":
-            first = [self.U[0]] if rnn else [getattr(self.layers[0], f"U_{k}") for k in self.layers[0].GATES]
+        first = [self.U[0]] if rnn else [getattr(self.layers[0], f"U_{k}") for k in self.layers[0].GATES]
+        with torch.no_grad():
             for weight in first:
-                nn.init.uniform_(weight, -1.0, 1.0)
+                if self.config.init == "unit":
+                    weight.uniform_(-1.0, 1.0)
+                weight.mul_(self.config.input_scale)
 
     def init_hidden(self, batch_size: int) -> torch.Tensor:
         """A zero state tensor: (L, B, H)."""
@@ -188,7 +196,8 @@ class RNNLM(nn.Module):
     def input_projection(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """U x + b of the vanilla cell: a column lookup for token ids at layer 0, a matmul above it."""
         if layer == 0:
-            return self.input_drop(F.embedding(x, self.U[0].t())) + self.b[0]  # (..., H)
+            Ut = self.U[0].t().contiguous()  # (V, H): rows gather faster than a transposed view's columns
+            return self.input_drop(F.embedding(x, Ut)) + self.b[0]  # (..., H)
         return F.linear(x, self.U[layer], self.b[layer])  # (..., H)
 
     def layer_step(self, l: int, x: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

@@ -38,6 +38,7 @@ class RNNLMModule(L.LightningModule):
         dropout: float = ModelConfig.dropout,
         input_dropout: float = ModelConfig.input_dropout,
         init: str = ModelConfig.init,
+        input_scale: float = ModelConfig.input_scale,
         bptt: str = ModelConfig.bptt,
         optimizer: str = "adamw",
         lr: float = 2e-3,
