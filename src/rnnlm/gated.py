@@ -302,9 +302,10 @@ class GatedLayer(nn.Module):
         the recurrences, consuming a_x, cannot take over)."""
         U, b = self.stacked("U"), self.stacked("b")
         if not x.is_floating_point():
+            Ut = U.t().contiguous()  # (V, kH): rows (U.t() + b would keep U.t()'s column layout)
             if self.input_drop is not None and self.input_drop.training and self.input_drop.p > 0:
-                return self.input_drop(F.embedding(x, U.t())) + b  # dropout of U x, not of b
-            return F.embedding(x, torch.add(U.t(), b))
+                return self.input_drop(F.embedding(x, Ut)) + b  # dropout of U x, not of b
+            return F.embedding(x, torch.add(Ut, b))
         if x.dim() == 3:  # (T, B, I)
             return torch.baddbmm(b, x, U.t().expand(len(x), -1, -1))  # (T, B, kH)
         return F.linear(x, U, b)  # (B, kH)
