@@ -76,3 +76,19 @@ def char_export(small_corpus, tmp_path_factory) -> SimpleNamespace:
     model = RNNLM(ModelConfig(tokenizer.vocab_size, hidden_size=32, num_layers=2)).eval()
     folder = write_export(model, tokenizer, tmp_path_factory.mktemp("export") / "char")
     return SimpleNamespace(folder=folder, model=model, tokenizer=tokenizer)
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def chooser(request, monkeypatch):
+    """Runs a test twice: the rows drawing by the plain rule choose by the compiled pass (_choose.c; skipped
+    where setup.py could not build it), then by numpy's. Call it on a Generator to set which; returns it."""
+    from rnnlm.runtime.sampler import COMPILED_CHOOSE
+
+    if request.param == "compiled" and COMPILED_CHOOSE is None:
+        pytest.skip("the compiled sampling pass was not built (no C compiler at install); numpy chooses")
+
+    def use(gen):
+        monkeypatch.setattr(gen.batch, "compiled", COMPILED_CHOOSE if request.param == "compiled" else None)
+        return gen
+
+    return use

@@ -177,8 +177,8 @@ def test_one_sequence_alone_equals_it_in_a_batch_and_at_any_thread_count(char_ex
                                                                                  **options) == batch
 
 
-def test_non_finite_logits_end_that_sequence_with_an_error_and_the_batch_goes_on(char_export, monkeypatch):
-    gen = Generator.load(char_export.folder)
+def test_non_finite_logits_end_that_sequence_with_an_error_and_the_batch_goes_on(char_export, monkeypatch, chooser):
+    gen = chooser(Generator.load(char_export.folder))
     victim, others = gen.start("a", gen.params(max_new_tokens=40, seed=1)), [
         gen.start(p, gen.params(max_new_tokens=40, seed=s)) for p, s in (("the ", 2), ("First", 3))]
     run = gen.session.run

@@ -12,7 +12,7 @@ import pytest
 
 from rnnlm.errors import RnnlmError
 from rnnlm.runtime import Generator, SamplingParams, sample
-from rnnlm.runtime.sampler import draw_bits, seed_key, uniform
+from rnnlm.runtime.sampler import COMPILED_CHOOSE, choose, draw_bits, seed_key, uniform
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "sampling.md"
 MASK = 0xFFFFFFFF
@@ -114,6 +114,33 @@ def test_draws_match_the_published_vectors(vectors):
         assert sample(np.repeat(logits, n, axis=0), [params] * n, np.arange(n)).tolist() == v["ids"]
 
 
+@pytest.mark.skipif(COMPILED_CHOOSE is None, reason="the compiled sampling pass was not built (no C compiler)")
+def test_the_compiled_choice_equals_numpys_bit_for_bit():
+    rng = np.random.default_rng(0)
+    for case in range(300):
+        B, V = int(rng.integers(1, 40)), int(rng.integers(1, 300))
+        logits = (rng.standard_normal((B, V)) * [1e-6, 1.0, 40.0][case % 3]).astype(np.float32)
+        noise = rng.gumbel(size=(B, 3, V))[:, case % 3]  # (B, V) a strided view, as a block of noise is read
+        if case % 4 == 0:  # scores that tie: the lowest id wins
+            logits, noise[...] = np.round(logits * 2) / 2, 0.0
+        temperature = None if case % 2 else np.exp(rng.uniform(-745, 3, B))  # down to the smallest subnormals
+        tokens = np.full(B, -7, np.int64)
+        with np.errstate(over="ignore"):
+            want = choose(logits, temperature, noise)
+        assert COMPILED_CHOOSE(logits, noise, temperature, tokens) == 0
+        assert tokens.tolist() == want.tolist()
+    logits, noise, tokens = rng.standard_normal((6, 9)).astype(np.float32), rng.gumbel(size=(6, 9)), np.zeros(6, int)
+    want = choose(logits, None, noise)
+    logits[1, 0], logits[2, -1], logits[3, 4] = np.nan, np.inf, -np.inf  # rows not all finite: counted, left alone
+    tokens[1:4] = -7
+    assert COMPILED_CHOOSE(logits, noise, None, tokens) == 3
+    assert tokens.tolist() == [want[0], -7, -7, -7, want[4], want[5]]
+    for bad in ((logits.astype(np.float64), noise, None, tokens), (logits, noise[:-1], None, tokens),
+                (logits, noise, None, tokens.astype(np.int32)), (logits, noise, np.ones(7), tokens)):
+        with pytest.raises(ValueError, match=r"logits \(B, V\) float32"):
+            COMPILED_CHOOSE(*bad)
+
+
 # ----------------------------------------------------------------------------- the engine against the rule
 
 
@@ -142,10 +169,10 @@ def test_a_mixed_batch_draws_what_the_rule_draws_token_by_token(char_export, gen
         assert s.token_ids == reference_text(char_export, prompt, s.params)
 
 
-def test_rows_drawing_in_step_across_blocks_of_noise_draw_what_the_rule_draws(char_export, gen):
+def test_rows_drawing_in_step_across_blocks_of_noise_draw_what_the_rule_draws(char_export, gen, chooser):
     # Rows in step take their noise in blocks computed ahead on a worker thread; rows leaving mid-block
     # (at 400 and 700 tokens) drop the block being computed.
-    lengths = [700, 400, 700, 1000]
+    lengths, gen = [700, 400, 700, 1000], chooser(gen)
     sequences = [gen.start("the ", gen.params(temperature=1.0, seed=40 + k, max_new_tokens=n))
                  for k, n in enumerate(lengths)]
     while not all(s.finished for s in sequences):
@@ -155,10 +182,10 @@ def test_rows_drawing_in_step_across_blocks_of_noise_draw_what_the_rule_draws(ch
         assert s.token_ids == reference_text(char_export, "the ", s.params)
 
 
-def test_rows_joining_a_running_batch_draw_what_the_rule_draws(char_export, gen):
+def test_rows_joining_a_running_batch_draw_what_the_rule_draws(char_export, gen, chooser):
     # As on a server: a sequence joins every 37 steps, mid-block, and takes its draws up to the others'
     # block end, so that all of them then refill together; one leaves early.
-    prompts, sequences = ["", "to be", "a", "", "to be", "a"], []
+    prompts, sequences, gen = ["", "to be", "a", "", "to be", "a"], [], chooser(gen)
     for step in range(37 * 6 + 400):
         if step % 37 == 0 and len(sequences) < len(prompts):
             k = len(sequences)

@@ -7,6 +7,10 @@ onnxruntime call over contiguous blocks and one vectorized sampling pass:
     input_ids (B,), state (L, B, H)  --onnxruntime-->  logits (B, V), next state (L, B, H)
     tokens = choose(logits, temperature, noise) for the rows past their prompt     (sampler.py)
 
+When every row draws, with neither temperature 0 nor top-k/top-p, the choice and the check that
+the logits are finite are one call of the compiled pass (_choose.c, where it was built), which writes
+the tokens straight into the next step's input; otherwise numpy's passes draw the same tokens.
+
 The state is double-buffered: a step reads the (L, B, H) block at the start of one buffer and
 onnxruntime writes the next state into the other, which the next step reads; the two buffers swap
 roles, so the state is never copied at a step. Rows stay compact, in the order the caller lists
@@ -31,7 +35,7 @@ from functools import cache, partial
 import numpy as np
 
 from rnnlm.errors import RnnlmError
-from rnnlm.runtime.sampler import Noise, choose
+from rnnlm.runtime.sampler import COMPILED_CHOOSE, Noise, choose
 from rnnlm.runtime.sequence import Sequence
 from rnnlm.runtime.session import StepSession
 
@@ -54,6 +58,8 @@ class Batch:
         self._bindings: dict[tuple[int, int], object] = {}
         self._greedy: np.ndarray | None = None  # (B,) rows at temperature 0, None when there are none
         self._filters: tuple[np.ndarray, np.ndarray] | None = None  # top_k, top_p (B,), None when no row filters
+        self._plain = True  # no row is greedy or filters: the compiled pass can choose for all
+        self.compiled = COMPILED_CHOOSE  # sampler.py's compiled choice, or None where it was not built
         self._prefilling: list[int] = []  # rows still feeding their prompt
         self._overflow = contextlib.nullcontext  # a context for the choice: np.errstate where it may overflow
         self._noise_steps = 0  # steps for which every sampled row's noise is known to be there
@@ -122,23 +128,36 @@ class Batch:
                 at = np.setdiff1d(np.arange(B), self._prefilling, assume_unique=True)
         self.session.run(self._binding(B))
         self._parity = 1 - self._parity
-        logits = self.logits[:B] if at is None else self.logits[at]  # (b, V)
-        ended = False
-        if not math.isfinite(np.add.reduce(logits, axis=None)):  # one pass; a sum that overflows is checked again
-            at, ended = self._fail_non_finite(at, logits), True
-            logits = self.logits[at]
-        if at is not None and not len(at):
-            return at, np.zeros(0, np.int64), ended
-        rows = slice(0, B) if at is None else at
         rw = self.rowwise
-        greedy = None if self._greedy is None else self._greedy[rows]
-        top_k, top_p = (None, None) if self._filters is None else (f[rows] for f in self._filters)
-        temperature = None if self._unit_temperature else rw["temperature"][rows]
-        if self._noise_steps <= 0:
-            self._refill(at)
-        with self._overflow():
-            tokens = choose(logits, temperature, self._noise(at), greedy, top_k, top_p, self._scores[:len(logits)])
-        self.input_ids[rows] = tokens
+        if at is None and self._plain and self.compiled is not None:  # every row draws by the plain rule: one pass
+            if self._noise_steps <= 0:
+                self._refill(None)
+            temperature = None if self._unit_temperature else rw["temperature"][:B]
+            if self.compiled(self.logits[:B], self._noise(None), temperature, self.input_ids[:B]):
+                at = self._fail_non_finite(None, self.logits[:B])  # the others' tokens are written
+                tokens, ended = self.input_ids[at], True
+                if not len(at):
+                    return at, tokens, ended
+            else:
+                tokens, ended = self.input_ids[:B].copy(), False
+            rows = slice(0, B) if at is None else at
+        else:
+            logits = self.logits[:B] if at is None else self.logits[at]  # (b, V)
+            ended = False
+            if not math.isfinite(np.add.reduce(logits, axis=None)):  # one pass; a sum that overflows is checked again
+                at, ended = self._fail_non_finite(at, logits), True
+                logits = self.logits[at]
+            if at is not None and not len(at):
+                return at, np.zeros(0, np.int64), ended
+            rows = slice(0, B) if at is None else at
+            greedy = None if self._greedy is None else self._greedy[rows]
+            top_k, top_p = (None, None) if self._filters is None else (f[rows] for f in self._filters)
+            temperature = None if self._unit_temperature else rw["temperature"][rows]
+            if self._noise_steps <= 0:
+                self._refill(at)
+            with self._overflow():
+                tokens = choose(logits, temperature, self._noise(at), greedy, top_k, top_p, self._scores[:len(logits)])
+            self.input_ids[rows] = tokens
         if at is None:
             self._uncounted += 1
         else:
@@ -332,6 +351,7 @@ class Batch:
         self._greedy = rw["greedy"][:B] if rw["greedy"][:B].any() else None
         filtered = (rw["top_k"][:B] > 0) | (rw["top_p"][:B] < 1)
         self._filters = (rw["top_k"][:B], rw["top_p"][:B]) if filtered.any() else None
+        self._plain = self._greedy is None and self._filters is None
         self._prefilling = [j for j, s in enumerate(live) if s.prefilling]
         self._unit_temperature = self._greedy is None and (rw["temperature"][:B] == 1).all()
         tiny = (rw["temperature"][:B] < TINY).any()  # (logits - m) / temperature may overflow to -inf, as it should

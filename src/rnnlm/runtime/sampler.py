@@ -25,6 +25,11 @@ import numpy as np
 
 from rnnlm.errors import RnnlmError
 
+try:  # the choice of rows without filters as one compiled pass (_choose.c), built by setup.py where it can be
+    from rnnlm.runtime._choose import choose as COMPILED_CHOOSE
+except ImportError:  # no C compiler at install: `choose` below draws the same tokens with numpy
+    COMPILED_CHOOSE = None
+
 RULE = "gumbel-lowbias32/1"  # the sampling rule's name, written in every manifest (docs/sampling.md)
 SEEDS = 1 << 64  # seeds are integers in [0, SEEDS); batch offsets s + i wrap modulo SEEDS
 KEY_SALT = 0x9E3779B9
