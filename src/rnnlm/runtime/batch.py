@@ -13,16 +13,19 @@ the tokens straight into the next step's input; otherwise numpy's passes draw th
 
 The state is double-buffered: a step reads the (L, B, H) block at the start of one buffer and
 onnxruntime writes the next state into the other, which the next step reads; the two buffers swap
-roles, so the state is never copied at a step. Rows stay compact, in the order the caller lists
-the sequences: when that list changes (sequences join, finish or leave) the rows are rearranged
-with one gather per array into the other buffer. A sequence that leaves unfinished takes its state
-with it (Sequence.state) and brings it back when it rejoins.
+roles, so the state is never copied at a step. Rows stay compact, in the batch's own order (not
+the caller's): when sequences finish or leave, those past the new end move down into the rows
+they freed and the sequences joining take the rest, so that a change of rows copies only the rows
+that move, never the whole batch. A sequence that leaves unfinished takes its state with it
+(Sequence.state) and brings it back when it rejoins.
 
 The noise of a row's draws depends only on its key and draw numbers, so it is computed `ahead`
 draws at a time for every row that needs it, in one vectorized call. When every row draws at
 every step (no prompt being fed) and their blocks are aligned, a step reads its noise as a view,
 and the block after it is computed on a worker thread while onnxruntime runs the steps (both
-release the GIL, so on a machine with a second core the noise costs the step loop nothing).
+release the GIL, so on a machine with a second core the noise costs the step loop nothing). Rows
+that keep their place when the rows change keep the worker's block too; only the others' is
+computed again.
 In a lazy batch, the tokens of each step are logged and handed to the sequences (decoded once)
 when one of them finishes or the rows change.
 """
@@ -52,6 +55,7 @@ class Batch:
         self.session, self.vocab_size, self.model = session, vocab_size, model
         self.noise = Noise(vocab_size)
         self.rows: list[Sequence] = []
+        self.live: list[Sequence] | None = None  # the list last stepped, by identity (Generator.advance keeps one)
         self.lazy = False  # the rows' tokens are logged, and accepted by their sequences later
         self.capacity = 0
         self._parity = 0  # which state buffer holds the rows' state
@@ -74,9 +78,11 @@ class Batch:
     # ------------------------------------------------------------------------- arrays
 
     def _grow(self, capacity: int) -> None:
-        """(Re)allocate every row array for capacity rows; the fewer rows, the more draws of noise ahead."""
+        """(Re)allocate every row array for capacity rows, the current rows keeping their values (the fewer
+        rows, the more draws of noise ahead: noise of another length is drawn again)."""
         self._drop_next()
-        V = self.vocab_size
+        B0, V = len(self.rows), self.vocab_size
+        before = (self.rowwise, self.state, self.input_ids) if B0 else None
         self.capacity, self.ahead = capacity, max(1, min(256, AHEAD_ELEMENTS // (capacity * V)))
         K = self.ahead
         self.state = [[np.zeros(capacity * int(np.prod(s.row_shape)), np.float32) for _ in range(2)]
@@ -84,7 +90,7 @@ class Batch:
         self.input_ids = np.zeros(capacity, np.int64)
         self.logits = np.zeros((capacity, V), np.float32)
         self._scores = np.zeros((capacity, V), np.float64)  # choose's work array
-        self.rowwise, self._spare = ({  # what a rearrangement gathers, from one of the two into the other
+        self.rowwise = {  # what moves with a row
             "count": np.zeros(capacity, np.int64),  # tokens sampled = the next draw number
             "limit": np.zeros(capacity, np.int64),  # max_new_tokens
             "key": np.zeros(capacity, np.uint32),
@@ -94,9 +100,19 @@ class Batch:
             "top_p": np.ones(capacity, np.float64),
             "first": np.full(capacity, NO_NOISE, np.int64),  # the draw number of noise[row, 0]
             "noise": np.zeros((capacity, K, V), np.float64),  # log(-log u) of draws first .. first + K - 1
-        } for _ in range(2))
+        }
         self._next_noise = np.zeros((capacity, K, V), np.float64)  # where the worker writes the next block
         self._bindings.clear()
+        if before:
+            rowwise, state, input_ids = before
+            self.input_ids[:B0] = input_ids[:B0]
+            for name, array in rowwise.items():
+                if array.shape[1:] == self.rowwise[name].shape[1:]:
+                    self.rowwise[name][:B0] = array[:B0]
+            if rowwise["noise"].shape[1:] != self.rowwise["noise"].shape[1:]:
+                self.rowwise["first"][:B0] = NO_NOISE
+            for k, tensor in enumerate(self.session.state):
+                self._view(k, self._parity, B0)[...] = _shaped(state[k][self._parity], tensor, B0)
 
     def _view(self, k: int, buffer: int, batch_size: int) -> np.ndarray:
         """State tensor k of the first batch_size rows in one of its buffers, e.g. (L, B, H), contiguous."""
@@ -199,9 +215,13 @@ class Batch:
             offsets = (count - rw["first"][rows])[drawing & (left > 0)]  # the others' offsets in their blocks
             phase = int(offsets[0]) if offsets.size and (offsets == offsets[0]).all() else 0
             n = min(K - phase, int((rw["limit"][stale] - first).max()))  # no draws past a row's length
-            if stale.size == B:  # every row: the block the worker computed, if it is this one
-                if not self._take_next(first, keys, n):
+            if stale.size == B:  # every row: the worker's block, for the rows it holds
+                todo = self._take_next(first, keys, n)
+                if todo.size == B:
                     self.noise.fill(rw["noise"][:B, :n], keys, first)
+                elif todo.size:
+                    rw["noise"][todo, :n] = self.noise.fill(np.empty((todo.size, n, self.vocab_size)), keys[todo],
+                                                            first[todo])
                 self._start_next(first + n, keys, min(K, int((rw["limit"][:B] - first - n).max())))
             elif stale[-1] == stale.size - 1:  # rows 0 .. n-1: fill in place
                 self.noise.fill(rw["noise"][:stale.size, phase:phase + n], keys, first)
@@ -238,19 +258,22 @@ class Batch:
             out = self._next_noise[:len(first), :n]
             self._next = Ahead(first, keys, n, _worker().submit(_worker_noise(self.vocab_size).fill, out, keys, first))
 
-    def _take_next(self, first: np.ndarray, keys: np.ndarray, n: int) -> bool:
-        """Make the worker's block the rows' noise if it holds these draws; False if it does not."""
+    def _take_next(self, first: np.ndarray, keys: np.ndarray, n: int) -> np.ndarray:
+        """Make the worker's block the rows' noise where it holds their n draws from first (the same key and
+        first draw number in the same row). Returns the rows it does not hold, which are to be filled."""
         ahead, self._next = self._next, None
-        if ahead is None:
-            return False
-        ahead.job.result()
-        if ahead.n != n or not (np.array_equal(ahead.first, first) and np.array_equal(ahead.keys, keys)):
-            return False
-        self.rowwise["noise"], self._next_noise = self._next_noise, self.rowwise["noise"]
-        return True
+        held = np.zeros(len(first), bool)
+        if ahead is not None:
+            ahead.job.result()
+            R = min(len(first), len(ahead.first))
+            if ahead.n == n:
+                held[:R] = (ahead.first[:R] == first[:R]) & (ahead.keys[:R] == keys[:R])
+            if held.any():
+                self.rowwise["noise"], self._next_noise = self._next_noise, self.rowwise["noise"]
+        return np.flatnonzero(~held)
 
     def _drop_next(self) -> None:
-        """Forget the worker's block (after it is written: its buffer is about to be reused or rearranged)."""
+        """Forget the worker's block (after it is written: its buffer is about to be reused or reallocated)."""
         if self._next is not None:
             self._next.job.result()
             self._next = None
@@ -307,44 +330,44 @@ class Batch:
     # ------------------------------------------------------------------------- rows
 
     def arrange(self, live: list[Sequence], lazy: bool) -> None:
-        """Make live (unfinished sequences started by this batch's Generator) the rows, in that order.
+        """Make live (unfinished sequences started by this batch's Generator) the rows, in the batch's order:
+        a sequence staying keeps its row unless the rows end before it, and the rows freed are taken by
+        those past the new end, then by the sequences joining; only the rows that move are copied.
         lazy: log their tokens, to be accepted by the sequences when one finishes or the rows change."""
-        self._drop_next()
         self.flush()
         self._count()
+        if any(s.owner is not self for s in live):
+            raise RnnlmError("a Sequence can only be stepped by the Generator that started it")
         old, staying = self.rows, {id(s) for s in live}
         for r, s in enumerate(old):
             if id(s) not in staying:
                 if not s.finished:
                     self._park(s, r)
                 s.row = None
-        if any(s.owner is not self for s in live):
-            raise RnnlmError("a Sequence can only be stepped by the Generator that started it")
-        src = np.array([-1 if s.row is None else s.row for s in live], np.int64)  # each row's row before
-        here = np.flatnonzero(src >= 0)  # the rows whose sequence stays in the batch
         B0, B = len(old), len(live)
-        rowwise, state, input_ids = self.rowwise, self.state, self.input_ids  # before any growth
         if B > self.capacity:
             self._grow(max(B, 2 * self.capacity))
-        self.input_ids[here] = input_ids[src[here]]
-        # Each array is gathered whole into its spare (no temporary: the noise is 1 MiB); rows new to the
-        # batch take row 0's values until _load sets theirs.
-        take = np.maximum(src, 0)
-        for name, array in rowwise.items():
-            if array.shape[1:] == self._spare[name].shape[1:]:  # noise ahead of another length is redrawn
-                np.take(array, take, axis=0, out=self._spare[name][:B], mode="clip")
-        self.rowwise, self._spare = self._spare, self.rowwise
-        if rowwise["noise"].shape != self.rowwise["noise"].shape:
-            self.rowwise["first"][:B] = NO_NOISE
-        target = 1 - self._parity
-        for k, tensor in enumerate(self.session.state):
-            if B0:
-                before = _shaped(state[k][self._parity], tensor, B0)
-                before.take(take, axis=tensor.batch_axis, out=self._view(k, target, B), mode="clip")
-        self._parity = target
-        self.rows, self.lazy = list(live), lazy
-        for j, s in enumerate(live):
-            if src[j] < 0:
+        rows = [s if s.row is not None else None for s in old[:B]] + [None] * (B - B0)
+        free = [j for j, s in enumerate(rows) if s is None]
+        movers = [s for s in old[B:] if s.row is not None] + [s for s in live if s.row is None]  # as many as free
+        moved = [(j, s.row) for j, s in zip(free, movers, strict=True) if s.row is not None]
+        if moved:  # each row past the new end into a freed row below it: the two sets never overlap
+            dst, src = np.array(moved, np.int64).T
+            self.input_ids[dst] = self.input_ids[src]
+            for array in self.rowwise.values():
+                array[dst] = array[src]
+        if B0 and B != B0 or moved:  # (L, B, H) lays rows out by B: the state is gathered into the other buffer
+            take = np.minimum(np.arange(B), B0 - 1)  # rows joining take a staying row's state until _load
+            if moved:
+                take[dst] = src
+            for k, tensor in enumerate(self.session.state):
+                _shaped(self.state[k][self._parity], tensor, B0).take(
+                    take, axis=tensor.batch_axis, out=self._view(k, 1 - self._parity, B))
+            self._parity = 1 - self._parity
+        self.rows, self.lazy = rows, lazy
+        for j, s in zip(free, movers, strict=True):
+            rows[j] = s
+            if s.row is None:
                 self._load(j, s)
             s.row = j
         rw = self.rowwise
@@ -352,11 +375,15 @@ class Batch:
         filtered = (rw["top_k"][:B] > 0) | (rw["top_p"][:B] < 1)
         self._filters = (rw["top_k"][:B], rw["top_p"][:B]) if filtered.any() else None
         self._plain = self._greedy is None and self._filters is None
-        self._prefilling = [j for j, s in enumerate(live) if s.prefilling]
+        self._prefilling = [j for j, s in enumerate(rows) if s.prefilling]
         self._unit_temperature = self._greedy is None and (rw["temperature"][:B] == 1).all()
         tiny = (rw["temperature"][:B] < TINY).any()  # (logits - m) / temperature may overflow to -inf, as it should
         self._overflow = partial(np.errstate, over="ignore") if tiny else contextlib.nullcontext
         self._noise_steps = self._quiet_steps = 0
+
+    def holds(self, live: list[Sequence]) -> bool:
+        """Whether live (distinct sequences) are the rows, in any order."""
+        return len(live) == len(self.rows) and all(s.row is not None and s.owner is self for s in live)
 
     def _load(self, j: int, s: Sequence) -> None:
         """Row j takes a sequence new to the batch: its options, counts and state."""

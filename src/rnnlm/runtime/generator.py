@@ -94,9 +94,10 @@ class Generator:
             return pieces
         live = [sequences[i] for i in at]
         sampled, tokens, _ = self._step_rows(live, lazy=False)
-        for j, token in zip(range(len(live))[sampled] if isinstance(sampled, slice) else sampled.tolist(),
+        rows, where = self.batch.rows, {id(s): i for i, s in zip(at, live, strict=True)}
+        for j, token in zip(range(len(rows))[sampled] if isinstance(sampled, slice) else sampled.tolist(),
                             tokens.tolist(), strict=True):
-            pieces[at[j]] = live[j].accept(token)
+            pieces[where[id(rows[j])]] = rows[j].accept(token)
         return pieces
 
     def advance(self, sequences: Seq[Sequence], more: Callable[[bool], bool]) -> tuple[list[str], int]:
@@ -124,10 +125,11 @@ class Generator:
         return [s.text[n:] for s, n in zip(sequences, before, strict=True)], steps
 
     def _step_rows(self, live: list[Sequence], lazy: bool) -> tuple[np.ndarray | slice, np.ndarray, bool]:
-        """One step of the batch with live (unfinished) as its rows: Batch.step."""
+        """One step of the batch with live (unfinished) as its rows, in any order: Batch.step."""
         batch = self.batch
-        if live != batch.rows or lazy != batch.lazy:
+        if lazy != batch.lazy or live is not batch.live and not batch.holds(live):
             batch.arrange(live, lazy)
+        batch.live = live
         return batch.step()
 
     def _run(self, sequences: list[Sequence]) -> None:
