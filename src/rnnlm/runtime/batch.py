@@ -362,7 +362,7 @@ class Batch:
                 take[dst] = src
             for k, tensor in enumerate(self.session.state):
                 _shaped(self.state[k][self._parity], tensor, B0).take(
-                    take, axis=tensor.batch_axis, out=self._view(k, 1 - self._parity, B))
+                    take, axis=tensor.batch_axis, out=self._view(k, 1 - self._parity, B), mode="clip")  # unbuffered
             self._parity = 1 - self._parity
         self.rows, self.lazy = rows, lazy
         for j, s in zip(free, movers, strict=True):
