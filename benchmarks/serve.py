@@ -8,7 +8,8 @@ temperature 1). Throughput is the generated tokens of all clients (from each str
 over the wall time of the level; time to first token runs from sending a request to the arrival of
 its first text. The server and the clients share the machine's cores, as on one loopback host.
 Beside each level, the bare step (benchmarks/generate.py: `InferenceSession.run` in a loop, one
-thread, as the server's session) runs at a batch size of the client count, right after the level:
+thread, as the server's session) runs at a batch size of the client count, right after the level
+(the median of five runs):
 the served ÷ bare column is how much of the step function's speed the server delivers. The mean batch
 (from the server's /metrics: sequences summed over steps ÷ steps) says how full its batch was: each
 client sends its next request only after the whole response, so a slot can stand empty in between,
@@ -86,6 +87,17 @@ def step_totals(port: int) -> tuple[float, float]:
     return float(found["rnnlm_step_sequences_total"]), float(found["rnnlm_step_seconds_count"])
 
 
+def bare_rate(session, batch_size: int, steps: int, runs: int = 5) -> float:
+    """Tokens/s of the bare step at this batch size: the median of a few runs, since one run of a few
+    dozen milliseconds is at the mercy of a moment's load."""
+    rates = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        bare_step(session, batch_size, steps)
+        rates.append(batch_size * steps / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -130,9 +142,7 @@ def main(tokens: int = 200, seconds: float = 3.0, rounds: int = 3, threads: int 
                     batches[clients].append((after[0] - before[0]) / max(after[1] - before[1], 1))
                     rates[clients].append(rate)
                     ttfts[clients] += ttft
-                    start = time.perf_counter()
-                    bare_step(session, clients, tokens)
-                    bare[clients].append(clients * tokens / (time.perf_counter() - start))
+                    bare[clients].append(bare_rate(session, clients, tokens))
         finally:
             server.terminate()
             server.wait(timeout=30)

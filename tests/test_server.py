@@ -22,6 +22,7 @@ from conftest import ROOT, run_rnnlm
 from rnnlm.runtime import Generator
 from rnnlm.runtime.metrics import Metrics
 from rnnlm.runtime.scheduler import Scheduler
+from rnnlm.runtime.stepper import Stepper, StepProcess
 
 LONG = 1_000_000  # max_tokens of a stream that outlives any test (far more than the tiny model makes in one)
 KEY = "sésame-ключ"  # small_server's API key: not ASCII, so compared as UTF-8 bytes
@@ -252,19 +253,19 @@ def test_access_log_has_one_json_line_per_request(server):
 
 
 def test_a_failing_step_cuts_its_batch_and_the_loop_goes_on(generator):
-    class Flaky:
-        """The generator, but its first run of steps raises."""
+    class Flaky(Stepper):
+        """Steps here, but its first run of steps raises."""
 
         failed = False
 
-        def advance(self, sequences, more):
+        def advance(self, sequences, until, patient):
             if not self.failed:
                 self.failed = True
                 raise RuntimeError("onnxruntime went away")
-            return generator.advance(sequences, more)
+            return super().advance(sequences, until, patient)
 
     async def two_jobs():
-        scheduler = Scheduler(Flaky(), Metrics(), max_active=4, max_queued=4, stream_interval=0.02)
+        scheduler = Scheduler(Flaky(generator), Metrics(), max_active=4, max_queued=4, stream_interval=0.02)
         loop = asyncio.create_task(scheduler.run())
         jobs = []
         for _ in range(2):
@@ -279,19 +280,43 @@ def test_a_failing_step_cuts_its_batch_and_the_loop_goes_on(generator):
     assert served.sequences[0].text == generator.generate("", 9, seed=1)
 
 
-def test_a_sequence_the_model_fails_cuts_its_request_and_no_other(generator):
-    class Failing:
-        """The generator, but the sequence with seed 666 fails once it has two tokens."""
+def test_a_step_process_steps_sequences_as_this_process_does(generator):
+    cases = [("", 300, 1), ("the ", 120, 2), ("First", 200, 3), ("a", 260, 4)]
+    stepper = StepProcess(generator, threads=1)
+    try:
+        ran = {}
+        for where, steps in (("here", Stepper(generator)), ("there", stepper)):
+            sequences = [generator.start(p, generator.params(max_new_tokens=n, seed=s)) for p, n, s in cases]
+            left = sequences[3]  # leaves after its first run, unfinished: the child forgets it
+            for run in range(1000):
+                live = [s for s in sequences if not s.finished and (s is not left or run == 0)]
+                if not live:
+                    break
+                pieces, _ = steps.advance(live, time.monotonic() + 0.005, 0)
+                assert all(s.text.endswith(piece) for s, piece in zip(live, pieces, strict=True))
+            ran[where] = [(s.text, s.token_ids, s.finish_reason) for s in sequences]
+        assert ran["there"] == ran["here"]
+        for (text, _, reason), (prompt, n, seed) in zip(ran["there"][:3], cases[:3], strict=True):
+            assert reason == "length" and text == generator.generate(prompt, n, seed=seed)
+        assert ran["there"][3][2] is None and 0 < len(ran["there"][3][1]) < 260
+    finally:
+        stepper.close()
+    assert not stepper._process.is_alive()
 
-        def advance(self, sequences, more):
-            pieces, steps = generator.advance(sequences, more)
+
+def test_a_sequence_the_model_fails_cuts_its_request_and_no_other(generator):
+    class Failing(Stepper):
+        """Steps here, but the sequence with seed 666 fails once it has two tokens."""
+
+        def advance(self, sequences, until, patient):
+            pieces, steps = super().advance(sequences, until, patient)
             for s in sequences:
                 if s.params.seed == 666 and len(s.token_ids) >= 2:
                     s.finish_reason = "error"
             return pieces, steps
 
     async def two_jobs():
-        scheduler = Scheduler(Failing(), Metrics(), max_active=4, max_queued=4, stream_interval=0.02)
+        scheduler = Scheduler(Failing(generator), Metrics(), max_active=4, max_queued=4, stream_interval=0.02)
         loop = asyncio.create_task(scheduler.run())
         start = [generator.start("", generator.params(max_new_tokens=9, seed=seed)) for seed in (666, 1)]
         jobs = [scheduler.submit([sequence], time.monotonic() + 10, False) for sequence in start]

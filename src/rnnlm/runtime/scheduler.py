@@ -1,15 +1,15 @@
 """Continuous batching: one loop steps every active sequence of every request as one batch.
 
 Requests put their sequences (one per choice) in a bounded FIFO queue. The loop runs on a worker
-thread, so that the event loop serves HTTP while the batch is stepped and neither waits for the
-other: it drops the sequences of abandoned requests and cuts those past their deadline (or past the
-shutdown grace), fills free slots of the batch from the queue, and steps the batch
-(Generator.advance) until something needs the event loop: a write to the streams is due, a deadline
-passes, or (no sooner than PATIENCE after its last hand-over) a sequence finishes, a new one draws
-its first token, or new work waits for a free slot. Then it hands the text released over those
-steps to the event loop's thread, which gives it to the jobs. So a busy server hands over once per
-several steps, not once per token. A finished sequence leaves the batch
-at once and its slot goes to the next one waiting. A sequence's text depends only on its own
+thread, so that the event loop serves HTTP while the batch is stepped, by a Stepper (stepper.py;
+in a process of its own under `rnnlm serve`). The loop drops the sequences of abandoned requests and
+cuts those past their deadline (or past the shutdown grace), fills free slots of the batch from
+the queue, and steps the batch (Stepper.advance) until something needs the event loop: a write to
+the streams is due, a deadline passes, or (no sooner than PATIENCE after its last hand-over) a
+sequence finishes, a new one draws its first token, or new work waits for a free slot. Then it
+hands the text released over those steps to the event loop's thread, which gives it to the jobs. So
+a busy server hands over once per several steps, not once per token. A finished sequence leaves the
+batch at once and its slot goes to the next one waiting. A sequence's text depends only on its own
 prompt, params and seed, never on what shares its batch. A sequence the model fails (finish_reason
 "error") cuts its own request, never the rest of the batch.
 
@@ -28,9 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from itertools import chain
 
-from rnnlm.runtime.generator import Generator
 from rnnlm.runtime.metrics import Metrics
 from rnnlm.runtime.sequence import Sequence
+from rnnlm.runtime.stepper import Stepper
 
 log = logging.getLogger(__name__)
 Piece = tuple[int, str, str | None]  # (choice index, text released, finish_reason once finished)
@@ -100,9 +100,9 @@ class Scheduler:
     runs the loop on a worker thread until cancelled. The worker alone takes entries off the queue and
     steps them; the jobs (their outboxes, their end) are touched only on the event loop's thread."""
 
-    def __init__(self, generator: Generator, metrics: Metrics, max_active: int, max_queued: int,
+    def __init__(self, stepper: Stepper, metrics: Metrics, max_active: int, max_queued: int,
                  stream_interval: float) -> None:
-        self.generator, self.metrics = generator, metrics
+        self.stepper, self.metrics = stepper, metrics
         self.max_active, self.max_queued, self.stream_interval = max_active, max_queued, stream_interval
         self.active: list[tuple[Job, int]] = []  # (job, choice index) stepped together, the worker's
         self.waiting: deque[tuple[Job, int]] = deque()  # appended by submit, taken by the worker
@@ -111,7 +111,6 @@ class Scheduler:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="rnnlm-step")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing_at: float | None = None  # time.monotonic() at which draining cuts what is left
-        self._interrupt = False  # set on the event loop's thread: new work waits, or a client left
         self._stopping = False
 
     @property
@@ -129,19 +128,21 @@ class Scheduler:
         with self._queue_lock:
             self.waiting.extend((job, k) for k in range(len(sequences)))
         if len(self.active) < self.max_active:  # a free slot for it at the next run of steps
-            self._interrupt = True
+            self.stepper.interrupt()
         self._work.set()
         return job
 
     def abandon(self, job: Job) -> None:
         """The client is gone: its sequences leave the batch or the queue at the worker's next turn."""
         if job.live:
-            job.abandoned, job.live, self._interrupt = True, False, True
+            job.abandoned, job.live = True, False
+            self.stepper.interrupt()
 
     def drain(self, grace: float) -> None:
         """Take no new requests; cut the ones still running after grace seconds. Safe in a signal handler."""
         self._closing_at = time.monotonic() + grace
-        self._interrupt = True
+        if self._loop is not None:  # not from the handler itself: interrupt() takes a lock the loop may hold
+            self._loop.call_soon_threadsafe(self.stepper.interrupt)
         self._work.set()
 
     async def run(self) -> None:
@@ -151,7 +152,8 @@ class Scheduler:
         try:
             await asyncio.shield(worker)
         finally:
-            self._stopping = self._interrupt = True
+            self._stopping = True
+            self.stepper.interrupt()
             self._work.set()
             with suppress(Exception):
                 await worker
@@ -165,7 +167,6 @@ class Scheduler:
         error in a run cuts the requests of its batch ("failed"), never the loop."""
         next_write = posted = 0.0
         while not self._stopping:
-            self._interrupt = False
             self._prune()
             with self._queue_lock:
                 while self.waiting and len(self.active) < self.max_active:
@@ -211,18 +212,8 @@ class Scheduler:
         now = time.monotonic()
         closing = [self._closing_at] if self.draining else []
         until = min(next_write, *(job.deadline for job, _ in self.active), *closing)
-        first = min((len(s.prompt_ids) - s.prompt_fed for s in sequences if not s.token_ids), default=0)
-        asked, waits = 0, False  # a new sequence's first token comes at step `first`
-
-        def more(ended: bool) -> bool:
-            nonlocal asked, waits
-            asked += 1
-            now = time.monotonic()
-            waits = waits or ended or asked == first or self._interrupt
-            return now < until and not self._stopping and (not waits or now < patient)
-
         before = sum(len(s.token_ids) for s in sequences)
-        pieces, steps = self.generator.advance(sequences, more)
+        pieces, steps = self.stepper.advance(sequences, until, patient)
         seconds, tokens = time.monotonic() - now, sum(len(s.token_ids) for s in sequences) - before
         return pieces, [s.finish_reason for s in sequences], (seconds, steps, len(sequences), tokens)
 

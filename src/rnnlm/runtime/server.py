@@ -43,6 +43,7 @@ from rnnlm.runtime.completions import ApiError, Responses, error_event, parse_re
 from rnnlm.runtime.generator import Generator
 from rnnlm.runtime.metrics import CONTENT_TYPE, Metrics
 from rnnlm.runtime.scheduler import Job, QueueFull, Scheduler, ShuttingDown
+from rnnlm.runtime.stepper import Stepper, StepProcess
 
 API_KEY_ENV = "RNNLM_API_KEY"
 ROUTES = ("/healthz", "/v1/models", "/v1/completions", "/metrics")
@@ -103,9 +104,11 @@ def check_model_id(model_id: str) -> str:
 
 
 def create_app(generator: Generator, model_id: str, limits: Limits = Limits(), api_key: str | None = None,
-               unknown: str = "error") -> FastAPI:
-    """The HTTP app; its lifespan runs the batching loop. unknown: what to do with prompt characters
-    a char vocabulary lacks (error: a 400 naming them; drop; replace). api_key None serves without a key."""
+               unknown: str = "error", stepper: Stepper | None = None) -> FastAPI:
+    """The HTTP app; its lifespan runs the batching loop, which steps by stepper (default: on a thread of
+    this process; `rnnlm serve` gives it a StepProcess), and closes it at the end. unknown: what to do
+    with prompt characters a char vocabulary lacks (error: a 400 naming them; drop; replace). api_key
+    None serves without a key."""
     limits.check()
     check_model_id(model_id)
     expected_key = None if api_key is None else check_api_key(api_key).encode("utf-8")
@@ -114,7 +117,8 @@ def create_app(generator: Generator, model_id: str, limits: Limits = Limits(), a
     except OSError:
         created = int(time.time())
     metrics = Metrics()
-    scheduler = Scheduler(generator, metrics, limits.max_active, limits.max_queued, limits.stream_interval)
+    stepper = stepper or Stepper(generator)
+    scheduler = Scheduler(stepper, metrics, limits.max_active, limits.max_queued, limits.stream_interval)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -124,6 +128,7 @@ def create_app(generator: Generator, model_id: str, limits: Limits = Limits(), a
         loop.cancel()
         with suppress(asyncio.CancelledError):
             await loop
+        stepper.close()
 
     app = FastAPI(title="rnnlm", lifespan=lifespan, openapi_url=None)
     app.state.scheduler = scheduler
@@ -350,7 +355,7 @@ def serve_command(args: argparse.Namespace) -> None:
     api_key = args.api_key
     model_id = check_model_id(args.model_name or Path(args.model).resolve().name)
     generator = Generator.load(args.model, threads=args.threads, max_new_tokens_cap=limits.max_tokens)
-    app = create_app(generator, model_id, limits, api_key, args.unknown)
+    app = create_app(generator, model_id, limits, api_key, args.unknown, StepProcess(generator, args.threads))
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger("rnnlm").addHandler(handler)
