@@ -46,6 +46,7 @@ AHEAD_ELEMENTS = 1 << 17  # the noise kept for all rows (1 MiB): `ahead` draws o
 MAX_BINDINGS = 64  # bound onnxruntime bindings kept, two per batch size (which buffer is read)
 TINY = 1e-250  # temperatures below this may divide a logit difference to -inf
 NO_NOISE = -(1 << 62)  # a row's first noised draw number when it has no noise yet
+FIRST_DRAWS = 4  # draws computed on the step loop's thread when the worker has none of a block ready
 
 
 class Batch:
@@ -217,8 +218,10 @@ class Batch:
             n = min(K - phase, int((rw["limit"][stale] - first).max()))  # no draws past a row's length
             if stale.size == B:  # every row: the worker's block, for the rows it holds
                 todo = self._take_next(first, keys, n)
-                if todo.size == B:
-                    self.noise.fill(rw["noise"][:B, :n], keys, first)
+                if todo.size == B:  # none: a few draws now, at the block's end; the next block on the worker
+                    n = min(n, FIRST_DRAWS)
+                    phase = K - n
+                    self.noise.fill(rw["noise"][:B, phase:], keys, first)
                 elif todo.size:
                     rw["noise"][todo, :n] = self.noise.fill(np.empty((todo.size, n, self.vocab_size)), keys[todo],
                                                             first[todo])

@@ -114,9 +114,17 @@ def _hash(x: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def seed_key(seed: int) -> int:
-    """key(seed) for a seed in [0, 2^64): the 32-bit word every draw of the sequence starts from."""
-    high = int(lowbias32([((seed >> 32) ^ KEY_SALT) & U32])[0])
-    return int(lowbias32([(seed & U32) ^ high])[0])
+    """key(seed) for a seed in [0, 2^64): the 32-bit word every draw of the sequence starts from (in
+    Python integers: for one word, numpy's calls would cost ten times the arithmetic)."""
+    return _lowbias32_int((seed & U32) ^ _lowbias32_int(((seed >> 32) ^ KEY_SALT) & U32))
+
+
+def _lowbias32_int(x: int) -> int:
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & U32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & U32
+    return x ^ (x >> 16)
 
 
 def draw_bits(key: int, draws: np.ndarray, ids: np.ndarray) -> np.ndarray:
