@@ -12,7 +12,9 @@ a third of its time). `StepProcess` runs the same loop in a child process with i
 model, so that the two run side by side on two cores. The sequences stay the server's: each run
 sends the child the sequences new to it (prompt ids and params) and the ids of the others, and the
 child answers with what each one released (text, token ids, finish reason, error), which
-`StepProcess` applies to them, so that they read as if they had been stepped here.
+`StepProcess` applies to them, so that they read as if they had been stepped here. While the server
+reads one run's answer and prepares the next, the child steps on with the unfinished sequences of
+the last run, and reports those steps with the next run: it never waits for the server's lock.
 """
 
 import itertools
@@ -102,7 +104,8 @@ class StepProcess(Stepper):
         _, released, steps = reply
         pieces = []
         for s, (text, tokens, finish_reason, error) in zip(sequences, released, strict=True):
-            s.text, s.token_ids, s.finish_reason, s.error = s.text + text, s.token_ids + tokens, finish_reason, error
+            s.text, s.finish_reason, s.error = s.text + text, finish_reason, error
+            s.token_ids.extend(tokens)
             pieces.append(text)
         return pieces, steps
 
@@ -145,9 +148,19 @@ def _child(conn: Connection, folder: Path, threads: int | None, cap: int) -> Non
     except Exception as e:  # the folder changed since the server checked it
         conn.send(("error", str(e)))
         return
-    stepper, held = _Piped(generator, conn), {}
+    stepper = _Piped(generator, conn)
+    held: dict[int, Sequence] = {}  # the sequences of the last run, by key
+    reported: dict[int, tuple[int, int]] = {}  # how much of each one's text and tokens the server has
+    ahead, failure = 0, None  # steps run, and the error met, while the server read the last run
     conn.send(("ready",))
     while True:
+        unfinished = [s for s in held.values() if not s.finished]
+        if unfinished and failure is None and not conn.poll():  # step on until the server's next run comes
+            try:
+                ahead += generator.advance(unfinished, lambda ended: not conn.poll())[1]
+            except Exception as e:
+                failure = f"{type(e).__name__}: {e}"
+            continue
         try:
             message = conn.recv()
         except (EOFError, OSError):
@@ -159,13 +172,19 @@ def _child(conn: Connection, folder: Path, threads: int | None, cap: int) -> Non
             held[key] = sequence = Sequence(prompt_ids, params, generator.tokenizer)
             sequence.owner = generator.batch
         held = {key: held[key] for key in ids}  # a sequence left out of a run never comes back
-        sequences = list(held.values())
-        before = [len(s.token_ids) for s in sequences]
+        reported = {key: reported.get(key, (0, 0)) for key in ids}
         try:
-            pieces, steps = stepper.advance(sequences, until, patient)
+            if failure is not None:
+                raise RuntimeError(failure)
+            steps = stepper.advance(list(held.values()), until, patient)[1]
         except Exception as e:  # the scheduler cuts this run's requests; the next run starts afresh
-            conn.send(("failed", f"{type(e).__name__}: {e}"))
-            held = {}
+            conn.send(("failed", failure or f"{type(e).__name__}: {e}"))
+            held, reported, ahead, failure = {}, {}, 0, None
             continue
-        conn.send(("done", [(text, s.token_ids[n:], s.finish_reason, s.error)
-                            for text, s, n in zip(pieces, sequences, before, strict=True)], steps))
+        released = []
+        for key, s in held.items():  # what each one released since the server last heard of it
+            chars, tokens = reported[key]
+            released.append((s.text[chars:], s.token_ids[tokens:], s.finish_reason, s.error))
+            reported[key] = len(s.text), len(s.token_ids)
+        conn.send(("done", released, steps + ahead))
+        ahead = 0
