@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import math
+import multiprocessing
 import os
 import random
 import re
@@ -10,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +26,7 @@ from rnnlm.runtime import Generator
 from rnnlm.runtime.metrics import Metrics
 from rnnlm.runtime.scheduler import Scheduler
 from rnnlm.runtime.stepper import Stepper, StepProcess
+from rnnlm.runtime.stepper import _child as stepper_child
 
 LONG = 1_000_000  # max_tokens of a stream that outlives any test (far more than the tiny model makes in one)
 KEY = "sésame-ключ"  # small_server's API key: not ASCII, so compared as UTF-8 bytes
@@ -302,6 +306,40 @@ def test_a_step_process_steps_sequences_as_this_process_does(generator):
     finally:
         stepper.close()
     assert not stepper._process.is_alive()
+
+
+def test_a_run_that_fails_in_the_step_process_is_answered_and_the_next_one_runs(generator, monkeypatch):
+    advance, calls = Generator.advance, []
+
+    def flaky(self, sequences, more):  # the child's first run raises
+        calls.append(len(sequences))
+        if len(calls) == 1:
+            raise RuntimeError("onnxruntime went away")
+        return advance(self, sequences, more)
+
+    monkeypatch.setattr(Generator, "advance", flaky)
+    server, child = multiprocessing.Pipe()
+    params, replies = generator.params(max_new_tokens=9, seed=1), []
+
+    def serve():  # the server's side of the pipe
+        replies.append(server.recv())
+        for key in (0, 1):
+            server.send(("run", [(key, [generator.start_token], params)], [key], time.monotonic() + 10, math.inf))
+            replies.append(server.recv())
+        server.close()
+
+    thread, handler = threading.Thread(target=serve), signal.getsignal(signal.SIGINT)
+    thread.start()
+    try:  # the child's loop, here: it returns when the server closes its end
+        stepper_child(child, generator.manifest.folder, 1, generator.max_new_tokens_cap)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        child.close()  # a loop that ended early leaves the server's side no reply to wait for
+    thread.join()
+    assert replies[:2] == [("ready",), ("failed", "RuntimeError: onnxruntime went away")]
+    kind, [(text, tokens, reason, error)], steps = replies[2]
+    assert kind == "done" and text == generator.generate("", 9, seed=1) and len(tokens) == steps == 9
+    assert reason == "length" and error is None
 
 
 def test_a_sequence_the_model_fails_cuts_its_request_and_no_other(generator):
