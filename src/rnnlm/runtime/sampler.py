@@ -90,7 +90,8 @@ def _is_number(x) -> bool:
 # ----------------------------------------------------------------------------- the counter-based draws
 
 SHIFTS = np.uint32(8), np.uint32(15), np.uint32(16)  # numpy scalars: no conversion at each call
-MULTIPLIERS = np.uint32(0x7FEB352D), np.uint32(0x846CA68B)
+LOWBIAS32 = 0x7FEB352D, 0x846CA68B  # lowbias32's two multipliers
+MULTIPLIERS = np.uint32(LOWBIAS32[0]), np.uint32(LOWBIAS32[1])
 
 
 def lowbias32(x: np.ndarray) -> np.ndarray:
@@ -120,10 +121,11 @@ def seed_key(seed: int) -> int:
 
 
 def _lowbias32_int(x: int) -> int:
+    """lowbias32 of one word, in Python integers (the same steps as _hash)."""
     x ^= x >> 16
-    x = (x * 0x7FEB352D) & U32
+    x = (x * LOWBIAS32[0]) & U32
     x ^= x >> 15
-    x = (x * 0x846CA68B) & U32
+    x = (x * LOWBIAS32[1]) & U32
     return x ^ (x >> 16)
 
 
